@@ -1,0 +1,280 @@
+package pods
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	criu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// MinCriuVersion is the oldest CRIU autopod accepts (4.1.0): older ones
+// fail on current kernels (Debian 12's 3.17 cannot even read the vDSO).
+const MinCriuVersion = 40100
+
+// CriuInfo is what autopod learned about its CRIU binary at start.
+type CriuInfo struct {
+	Path     string          `json:"path"`
+	Version  string          `json:"version"`  // e.g. "4.2.1"
+	Features map[string]bool `json:"features"` // from `criu check --feature`
+	Error    string          `json:"error,omitempty"`
+}
+
+// probedFeatures are the `criu check --feature` names autopod cares about.
+var probedFeatures = []string{"mem_dirty_track", "uffd-noncoop", "tcp_half_closed", "network_lock_nftables", "pidfd_store", "cgroupns"}
+
+// ProbeCriu runs the CRIU binary at path: its version, `criu check`, and
+// the features that decide what autopod can do. Problems are reported in
+// Error (the agent keeps serving read-only calls without a working CRIU).
+func ProbeCriu(ctx context.Context, path string) CriuInfo {
+	info := CriuInfo{Path: path, Features: map[string]bool{}}
+	if info.Version = criuVersion(ctx, path); info.Version == "" {
+		info.Error = fmt.Sprintf("%s --version does not run or print a version", path)
+		return info
+	}
+	if n := criuVersionNumber(info.Version); n < MinCriuVersion {
+		info.Error = fmt.Sprintf("CRIU %s at %s is too old: autopod needs 4.1 or newer (set criu_path in autopod.toml)", info.Version, path)
+		return info
+	}
+	if out, err := exec.CommandContext(ctx, path, "check").CombinedOutput(); err != nil {
+		info.Error = fmt.Sprintf("criu check fails on this kernel: %s", criuErrorLines(string(out)))
+		return info
+	}
+	// go-criu's FeatureCheck echoes requests back on CRIU 4.2; the CLI is truthful.
+	for _, f := range probedFeatures {
+		err := exec.CommandContext(ctx, path, "check", "--feature", f).Run()
+		info.Features[f] = err == nil
+	}
+	return info
+}
+
+// criuVersion returns the version string `criu --version` prints.
+func criuVersion(ctx context.Context, path string) string {
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(l, "Version: "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// faultNotify hands CRIU's action-script notifications to a test's fault
+// function: returning an error there makes CRIU abort at that step, the
+// realest way to exercise autopod's failure paths.
+type faultNotify struct {
+	criu.NoNotify
+	fault func(step string) error
+}
+
+func (f faultNotify) PreDump() error              { return f.fault("pre-dump") }
+func (f faultNotify) NetworkLock() error          { return f.fault("network-lock") }
+func (f faultNotify) PostDump() error             { return f.fault("post-dump") }
+func (f faultNotify) PreRestore() error           { return f.fault("pre-restore") }
+func (f faultNotify) SetupNamespaces(int32) error { return f.fault("setup-namespaces") }
+func (f faultNotify) PostRestore(int32) error     { return f.fault("post-restore") }
+
+// criuVersionNumber turns "4.2.1" into 40201 (0 when unparsable).
+func criuVersionNumber(v string) int {
+	parts := strings.SplitN(v, ".", 3)
+	n := 0
+	for i, mul := range []int{10000, 100, 1} {
+		if i >= len(parts) {
+			break
+		}
+		x, err := strconv.Atoi(strings.TrimFunc(parts[i], func(r rune) bool { return r < '0' || r > '9' }))
+		if err != nil {
+			return 0
+		}
+		n += x * mul
+	}
+	return n
+}
+
+// criuErrorLines returns CRIU's own error lines from a log (or output),
+// the last few of them, joined: go-criu reports only a generic failure.
+func criuErrorLines(log string) string {
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.Contains(l, "Error (") || strings.Contains(l, "Error:") || strings.HasPrefix(strings.TrimSpace(l), "Error") {
+			lines = append(lines, strings.TrimSpace(l))
+		}
+	}
+	if len(lines) == 0 {
+		return strings.TrimSpace(lastLines(log, 3))
+	}
+	if len(lines) > 8 {
+		lines = lines[len(lines)-8:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func lastLines(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// CriuError is a failed CRIU operation with CRIU's own error lines.
+type CriuError struct {
+	Op    string // "dump" or "restore"
+	Log   string // path of the full log
+	Lines string // CRIU's error lines from the log
+	Err   error  // what go-criu returned
+}
+
+func (e *CriuError) Error() string {
+	return fmt.Sprintf("criu %s failed: %v\n%s\n(full log: %s)", e.Op, e.Err, e.Lines, e.Log)
+}
+func (e *CriuError) Unwrap() error { return e.Err }
+
+// criuRequest is autopod's own description of one CRIU call, kept free of
+// go-criu's protobuf types.
+type criuRequest struct {
+	ImagesDir    string
+	WorkDir      string // where CRIU writes its log
+	LogName      string
+	Pid          int    // dump: the pod's init
+	Root         string // restore: the pod's root directory
+	LeaveRunning bool
+	// ExtMounts maps the pod's bind mount targets to host sources; dumps
+	// use only the keys (CRIU marks them external), restores the sources.
+	ExtMounts map[string]string
+	// Veth is the host end of the pod's veth and Bridge its bridge; on
+	// restore CRIU recreates the pair and enslaves the host end.
+	Veth, Bridge string
+	// notify, when set, gets CRIU's action-script notifications.
+	notify criu.Notify
+}
+
+func (r criuRequest) opts(imgDir, workDir *os.File) *rpc.CriuOpts {
+	o := &rpc.CriuOpts{
+		ImagesDirFd:       proto.Int32(int32(imgDir.Fd())),
+		WorkDirFd:         proto.Int32(int32(workDir.Fd())),
+		LogFile:           proto.String(r.LogName),
+		LogLevel:          proto.Int32(4),
+		TcpEstablished:    proto.Bool(true),
+		FileLocks:         proto.Bool(true),
+		NetworkLock:       rpc.CriuNetworkLockMethod_NFTABLES.Enum(),
+		ManageCgroups:     proto.Bool(true),
+		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
+		OrphanPtsMaster:   proto.Bool(true),
+	}
+	return o
+}
+
+// criuRunner runs CRIU through go-criu's swrk RPC.
+type criuRunner struct {
+	path string
+}
+
+func (c criuRunner) open(r criuRequest) (img, work *os.File, err error) {
+	if img, err = os.Open(r.ImagesDir); err != nil {
+		return nil, nil, err
+	}
+	if work, err = os.Open(r.WorkDir); err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	return img, work, nil
+}
+
+func (c criuRunner) fail(op string, r criuRequest, err error) error {
+	logPath := filepath.Join(r.WorkDir, r.LogName)
+	data, _ := os.ReadFile(logPath)
+	return &CriuError{Op: op, Log: logPath, Lines: criuErrorLines(string(data)), Err: err}
+}
+
+// Dump checkpoints the process tree rooted at r.Pid into r.ImagesDir.
+// go-criu offers no cancellation; ctx is checked before starting.
+func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	img, work, err := c.open(r)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	defer work.Close()
+	o := r.opts(img, work)
+	o.Pid = proto.Int32(int32(r.Pid))
+	o.LeaveRunning = proto.Bool(r.LeaveRunning)
+	for target := range r.ExtMounts {
+		o.External = append(o.External, "mnt["+target+"]:"+target)
+	}
+	cr := criu.MakeCriu()
+	cr.SetCriuPath(c.path)
+	var nfy criu.Notify = criu.NoNotify{}
+	if r.notify != nil {
+		nfy = r.notify
+	}
+	if err := cr.Dump(o, nfy); err != nil {
+		return c.fail("dump", r, err)
+	}
+	return nil
+}
+
+// restoreNotify records the restored init's pid.
+type restoreNotify struct {
+	criu.NoNotify
+	pid   int
+	inner criu.Notify
+}
+
+func (n *restoreNotify) PostRestore(pid int32) error {
+	n.pid = int(pid)
+	if n.inner != nil {
+		return n.inner.PostRestore(pid)
+	}
+	return nil
+}
+
+// Restore brings the pod back from r.ImagesDir as a child of this process
+// and returns the host pid of its init.
+func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	img, work, err := c.open(r)
+	if err != nil {
+		return 0, err
+	}
+	defer img.Close()
+	defer work.Close()
+	o := r.opts(img, work)
+	o.Root = proto.String(r.Root)
+	o.RstSibling = proto.Bool(true)
+	for target, src := range r.ExtMounts {
+		o.External = append(o.External, "mnt["+target+"]:"+src)
+	}
+	if r.Veth != "" {
+		o.External = append(o.External, "veth[eth0]:"+r.Veth+"@"+r.Bridge)
+	}
+	cr := criu.MakeCriu()
+	cr.SetCriuPath(c.path)
+	n := &restoreNotify{inner: r.notify}
+	if err := cr.Restore(o, n); err != nil {
+		return 0, c.fail("restore", r, err)
+	}
+	if n.pid <= 0 {
+		return 0, errors.New("criu restore reported no pid")
+	}
+	return n.pid, nil
+}

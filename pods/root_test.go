@@ -1,0 +1,311 @@
+//go:build roottest
+
+package pods
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The root tier: real CRIU, namespaces, cgroups, veths and redis-server.
+// Run with `go test -tags roottest ./pods/` as root (make test-root).
+
+const testBridge = "aptest0"
+
+func criuPathForTest(t *testing.T) string {
+	for _, p := range []string{os.Getenv("AUTOPOD_CRIU"), "/opt/autopod-criu/sbin/criu", "/usr/sbin/criu"} {
+		if p == "" {
+			continue
+		}
+		if info := ProbeCriu(context.Background(), p); info.Error == "" {
+			return p
+		}
+	}
+	t.Fatal("no working CRIU >= 4.1 found; run `make deps` (or set AUTOPOD_CRIU)")
+	return ""
+}
+
+type rootEnv struct {
+	m       *Manager
+	podsDir string
+	cfg     ManagerConfig
+}
+
+func newRootEnv(t *testing.T) *rootEnv {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the root tier must run as root")
+	}
+	dir := t.TempDir()
+	cfg := ManagerConfig{
+		PodsDir:       filepath.Join(dir, "pods.d"),
+		StateDir:      filepath.Join(dir, "state"),
+		LogDir:        filepath.Join(dir, "log"),
+		CriuPath:      criuPathForTest(t),
+		Bridge:        testBridge,
+		BridgeAddress: netip.MustParsePrefix("10.99.0.1/24"),
+		CgroupName:    "autopod-test",
+		StopTimeout:   5 * time.Second,
+		Log:           slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	os.MkdirAll(cfg.PodsDir, 0o755)
+	exe, _ := os.Executable()
+	cfg.InitBinary = exe
+	m, err := NewManager(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range m.List(context.Background()) {
+			if s.State == StateRunning {
+				m.Stop(context.Background(), s.Name)
+			}
+		}
+		run(context.Background(), "ip", "link", "del", testBridge)
+	})
+	return &rootEnv{m: m, podsDir: cfg.PodsDir, cfg: cfg}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func redisPod(name, addr string) string {
+	return fmt.Sprintf(`command = "/usr/bin/redis-server"
+args = ["--port", "6379", "--bind", "0.0.0.0", "--save", "", "--appendonly", "no",
+        "--protected-mode", "no", "--enable-debug-command", "yes", "--dir", "/tmp"]
+workdir = "/tmp"
+restart = "no"
+[network]
+address = "%s/24"
+bridge = "%s"
+[limits]
+memory = "1G"
+pids = 256
+`, addr, testBridge)
+}
+
+func waitRedis(t *testing.T, addr string) *respConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	for {
+		c, err := dialRedis(ctx, addr)
+		if err == nil {
+			if r, err := c.Cmd("PING"); err == nil && r == "PONG" {
+				return c
+			}
+			c.Close()
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("redis at %s never answered: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// innerPids lists the pod's pids as seen inside its pid namespace.
+func innerPids(t *testing.T, m *Manager, name string) []int {
+	var out []int
+	for _, p := range m.cg.procs(name) {
+		out = append(out, nsPid(p))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestRedisPodCheckpointRestore(t *testing.T) {
+	env := newRootEnv(t)
+	m := env.m
+	ctx := context.Background()
+	os.WriteFile(filepath.Join(env.podsDir, "cache.toml"), []byte(redisPod("cache", "10.99.0.10")), 0o644)
+	if errs := m.Load(ctx); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	st, err := m.Get(ctx, "cache")
+	if err != nil || st.State != StateRunning {
+		t.Fatalf("pod not running: %+v %v", st, err)
+	}
+	addr := "10.99.0.10:6379"
+	client := waitRedis(t, addr)
+	defer client.Close()
+	start := time.Now()
+	if err := client.fillRandom(105, 1<<20); err != nil { // 105 MiB of random values
+		t.Fatal(err)
+	}
+	t.Logf("filled 105 MiB in %s", time.Since(start))
+	info, _ := client.Cmd("INFO", "memory")
+	if !strings.Contains(info, "used_memory:") {
+		t.Fatalf("INFO memory: %q", info)
+	}
+	digest, err := client.Cmd("DEBUG", "DIGEST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := innerPids(t, m, "cache")
+	if len(pids) < 2 || pids[0] != 1 {
+		t.Fatalf("inner pids %v: want init as 1 and redis", pids)
+	}
+	localAddr := client.c.LocalAddr().String()
+
+	res, err := m.Checkpoint(ctx, "cache", CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("checkpoint: %d bytes in %s at %s", res.Bytes, res.Duration, res.Dir)
+	if res.Bytes < 100<<20 {
+		t.Fatalf("image holds %d bytes, want >= 100 MiB", res.Bytes)
+	}
+	if st, _ := m.Get(ctx, "cache"); st.State != StateCheckpointed {
+		t.Fatalf("state after checkpoint: %s", st.State)
+	}
+	if _, err := VerifyImages(res.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if procs := m.cg.procs("cache"); len(procs) != 0 {
+		t.Fatalf("processes left after checkpoint: %v", procs)
+	}
+
+	if err := m.Restore(ctx, "cache"); err != nil {
+		t.Fatal(err)
+	}
+	// The same TCP connection carries on: no reconnect.
+	if r, err := client.Cmd("PING"); err != nil || r != "PONG" {
+		t.Fatalf("PING on the old connection after restore: %q %v", r, err)
+	}
+	if client.c.LocalAddr().String() != localAddr {
+		t.Fatal("connection changed")
+	}
+	d2, err := client.Cmd("DEBUG", "DIGEST")
+	if err != nil || d2 != digest {
+		t.Fatalf("digest after restore %q (err %v), before %q", d2, err, digest)
+	}
+	if got := innerPids(t, m, "cache"); !slices.Equal(got, pids) {
+		t.Fatalf("inner pids after restore %v, before %v", got, pids)
+	}
+	// New clients reach the pod at its address too.
+	c2 := waitRedis(t, addr)
+	c2.Close()
+
+	// A checkpoint that fails after CRIU has frozen the pod and locked its
+	// network leaves it running and reachable.
+	st, _ = m.Get(ctx, "cache")
+	var lockedDuringDump []string
+	m.fault = func(step string) error {
+		if step == "post-dump" {
+			// By now CRIU has frozen the pod and locked its network.
+			lockedDuringDump, _ = criuLockTables(ctx, st.Pid)
+			return errors.New("injected failure at post-dump")
+		}
+		return nil
+	}
+	_, err = m.Checkpoint(ctx, "cache", CheckpointOptions{})
+	m.fault = nil
+	if err == nil {
+		t.Fatal("checkpoint with an injected failure succeeded")
+	}
+	t.Logf("failed checkpoint said: %v", err)
+	if len(lockedDuringDump) == 0 {
+		t.Fatal("no CRIU network lock seen during the dump: the test did not exercise the unlock path")
+	}
+	st2, _ := m.Get(ctx, "cache")
+	if st2.State != StateRunning || st2.Pid != st.Pid || !alive(st.Pid) {
+		t.Fatalf("after failed checkpoint: %+v (was pid %d)", st2, st.Pid)
+	}
+	if tables, err := criuLockTables(ctx, st.Pid); err != nil || len(tables) != 0 {
+		t.Fatalf("network lock left behind: %v %v", tables, err)
+	}
+	if r, err := client.Cmd("PING"); err != nil || r != "PONG" {
+		t.Fatalf("PING after failed checkpoint: %q %v", r, err)
+	}
+	if d3, _ := client.Cmd("DEBUG", "DIGEST"); d3 != digest {
+		t.Fatal("data changed by the failed checkpoint")
+	}
+
+	// A restore that fails keeps the images and quotes CRIU; a corrupt
+	// image is refused before CRIU runs. Then the real restore works.
+	if _, err := m.Checkpoint(ctx, "cache", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m.fault = func(step string) error {
+		if step == "post-restore" {
+			return errors.New("injected failure at post-restore")
+		}
+		return nil
+	}
+	err = m.Restore(ctx, "cache")
+	m.fault = nil
+	if err == nil || !strings.Contains(err.Error(), "Error (") {
+		t.Fatalf("failed restore: want CRIU's error lines, got %v", err)
+	}
+	t.Logf("failed restore said: %v", err)
+	st4, _ := m.Get(ctx, "cache")
+	if st4.State != StateCheckpointed {
+		t.Fatalf("state after failed restore: %s", st4.State)
+	}
+	if _, err := VerifyImages(st4.Checkpoint); err != nil {
+		t.Fatalf("images damaged by failed restore: %v", err)
+	}
+	pages, _ := filepath.Glob(filepath.Join(st4.Checkpoint, "pages-*.img"))
+	if len(pages) == 0 {
+		t.Fatal("no pages image")
+	}
+	orig, _ := os.ReadFile(pages[0])
+	bad := slices.Clone(orig)
+	bad[len(bad)/2] ^= 0xff
+	os.WriteFile(pages[0], bad, 0o600)
+	if err := m.Restore(ctx, "cache"); !errors.Is(err, ErrImageCorrupt) {
+		t.Fatalf("restore of a corrupt image: %v", err)
+	}
+	os.WriteFile(pages[0], orig, 0o600)
+	if err := m.Restore(ctx, "cache"); err != nil {
+		t.Fatal(err)
+	}
+	// The restored tree of the failed attempt died behind the network
+	// lock, so the client never saw a reset: its connection carries on.
+	if d, err := client.Cmd("DEBUG", "DIGEST"); err != nil || d != digest {
+		t.Fatalf("after a failed then a good restore: digest %q, %v", d, err)
+	}
+	st, _ = m.Get(ctx, "cache")
+
+	// --leave-running: the pod keeps serving on the same connection.
+	res, err = m.Checkpoint(ctx, "cache", CheckpointOptions{LeaveRunning: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st3, _ := m.Get(ctx, "cache"); st3.State != StateRunning || st3.Pid != st.Pid {
+		t.Fatalf("leave-running checkpoint: %+v", st3)
+	}
+	if r, err := client.Cmd("PING"); err != nil || r != "PONG" {
+		t.Fatalf("PING after leave-running checkpoint: %q %v", r, err)
+	}
+
+	// Stop leaves nothing behind.
+	if err := m.Stop(ctx, "cache"); err != nil {
+		t.Fatal(err)
+	}
+	if alive(st.Pid) {
+		t.Fatal("init still alive after stop")
+	}
+	dirs, _ := m.cg.dirs("cache")
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s left behind", d)
+		}
+	}
+	if _, err := run(ctx, "ip", "link", "show", hostVeth("cache")); err == nil {
+		t.Error("veth left behind")
+	}
+}

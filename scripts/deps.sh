@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# deps.sh — install everything autopod's build, demo and tests need on a Debian 12 host.
+#
+# Idempotent: a second run checks and returns in seconds. Installs
+#   * apt packages (build tools, redis, dbus, iproute2, nftables, systemd tools),
+#   * a CRIU >= 4.1 that passes `criu check` on the running kernel: the distro's
+#     when it works, else CRIU built from Debian's *source* package (trixie/sid),
+#     installed under $CRIU_PREFIX (default /opt/autopod-criu),
+#   * Go modules (go mod download).
+# See ../shared/notes/criu-on-these-machines.md for why the build route exists.
+set -euo pipefail
+
+CRIU_PREFIX=${CRIU_PREFIX:-/opt/autopod-criu}
+CRIU_MIN=40100
+here=$(cd "$(dirname "$0")/.." && pwd)
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+APT_PKGS=(
+  build-essential pkgconf git ca-certificates
+  iproute2 nftables iptables procps psmisc util-linux tar
+  redis-server redis-tools
+  dbus dbus-bin systemd systemd-container
+  python3-protobuf libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
+  libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libaio-dev libgnutls28-dev
+  uuid-dev
+)
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+apt_updated=
+apt_update() {
+  [ -n "$apt_updated" ] && return
+  log "apt-get update"
+  apt-get update -qq
+  apt_updated=1
+}
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_update
+  log "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The packaged redis-server starts a system instance on install where an init runs; tests
+# start their own, so make sure a stray one holds no port (no-op without an init system).
+command -v redis-server >/dev/null || { log "redis-server missing after install"; exit 1; }
+
+criu_ok() { # $1 = binary
+  local v
+  [ -x "$1" ] || return 1
+  v=$("$1" --version 2>/dev/null | sed -n 's/^Version: *//p')
+  [ -n "$v" ] || return 1
+  IFS=. read -r a b c <<<"$v"
+  [ $((a * 10000 + b * 100 + ${c:-0})) -ge $CRIU_MIN ] || return 1
+  "$1" check >/dev/null 2>&1
+}
+
+if criu_ok "$CRIU_PREFIX/sbin/criu"; then
+  log "CRIU ok: $("$CRIU_PREFIX/sbin/criu" --version | head -1) at $CRIU_PREFIX/sbin/criu"
+elif criu_ok /usr/sbin/criu; then
+  log "distro CRIU works on this kernel; linking it"
+  mkdir -p "$CRIU_PREFIX/sbin"
+  ln -sf /usr/sbin/criu "$CRIU_PREFIX/sbin/criu"
+else
+  # Build from Debian's source package. Source entries for trixie and sid, with an apt pin
+  # of -1 for both suites so that no binary package from them can ever be installed.
+  src=/etc/apt/sources.list.d/autopod-deb-src.sources
+  if [ ! -f "$src" ]; then
+    log "adding deb-src entries for trixie/sid (binary packages pinned out)"
+    cat >"$src" <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: trixie sid
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    cat >/etc/apt/preferences.d/autopod-no-trixie-sid <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: -1
+
+Package: *
+Pin: release n=sid
+Pin-Priority: -1
+PIN
+    apt_updated=
+  fi
+  apt_update
+  work=$(mktemp -d /tmp/autopod-criu-build.XXXXXX)
+  trap 'rm -rf "$work"' EXIT
+  cd "$work"
+  built=
+  # Newest first: whatever sid and trixie carry.
+  for ver in $(apt-cache showsrc criu 2>/dev/null | sed -n 's/^Version: //p' | sort -rV | uniq); do
+    log "fetching criu $ver source"
+    if apt-get source -qq --tar-only "criu=$ver" >/dev/null 2>&1; then
+      tarball=$(ls criu_*.orig.tar.* | head -1)
+      tar xf "$tarball"
+      dir=$(find . -maxdepth 1 -type d -name 'criu-*' | head -1)
+      log "building $dir (about a minute)"
+      if make -C "$dir" -j"$(nproc)" PYTHON=/usr/bin/python3 >"$work/build.log" 2>&1 &&
+        make -C "$dir" PYTHON=/usr/bin/python3 PREFIX="$CRIU_PREFIX" SKIP_PIP_INSTALL=1 \
+          install-criu install-lib install-compel >>"$work/build.log" 2>&1; then
+        built=$ver
+        break
+      fi
+      log "build of criu $ver failed; last lines:"
+      tail -20 "$work/build.log" >&2
+    fi
+  done
+  [ -n "$built" ] || { log "could not obtain a working CRIU"; exit 1; }
+  criu_ok "$CRIU_PREFIX/sbin/criu" || {
+    log "built CRIU $built but 'criu check' fails:"
+    "$CRIU_PREFIX/sbin/criu" check >&2 || true
+    exit 1
+  }
+  log "CRIU $built installed at $CRIU_PREFIX/sbin/criu"
+fi
+
+# Post-copy needs large pipes (see notes); harmless elsewhere.
+cur=$(cat /proc/sys/fs/pipe-max-size)
+[ "$cur" -ge 4194304 ] || echo 4194304 >/proc/sys/fs/pipe-max-size || true
+
+if [ -f "$here/go.mod" ] && command -v go >/dev/null; then
+  (cd "$here" && go mod download)
+fi
+log "done"
