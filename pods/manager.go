@@ -84,8 +84,9 @@ type pod struct {
 	spec     Spec
 	invalid  error // the parse error, for pods whose file is bad
 	st       persisted
-	busy     bool // a Start/Stop/Checkpoint/Restore is in progress
-	stopping bool // exit of the current process is expected: do not restart
+	busy     bool  // a Start/Stop/Checkpoint/Restore is in progress
+	stopping bool  // exit of the current process is expected: do not restart
+	next     *Spec // a changed definition, applied at the next start
 	exited   chan struct{}
 }
 
@@ -223,34 +224,68 @@ func (m *Manager) readPersisted(name string) (persisted, bool) {
 // the agent was away, and starts the pods that should run. A bad file
 // makes an "invalid" pod carrying the error; the others are served.
 func (m *Manager) Load(ctx context.Context) []error {
+	return m.sync(ctx, true)
+}
+
+// Reload re-reads the pod definitions: new pods start, fixed ones leave the
+// invalid state, changed ones take effect at their next start, and pods
+// whose file is gone are forgotten unless they run.
+func (m *Manager) Reload(ctx context.Context) []error {
+	return m.sync(ctx, false)
+}
+
+func (m *Manager) sync(ctx context.Context, initial bool) []error {
 	specs, errs := LoadDir(m.cfg.PodsDir)
+	seen := map[string]bool{}
+	var toStart []string
 	for _, e := range errs {
 		m.cfg.Log.Error("invalid pod definition", "err", e)
-		name := ""
 		var se *SpecError
-		if errors.As(e, &se) {
-			name = strings.TrimSuffix(filepath.Base(se.File), ".toml")
-		}
-		if name == "" {
+		if !errors.As(e, &se) {
 			continue
 		}
+		name := strings.TrimSuffix(filepath.Base(se.File), ".toml")
+		seen[name] = true
 		m.mu.Lock()
-		m.pods[name] = &pod{spec: Spec{Name: name, File: se.File}, invalid: e,
-			st: persisted{State: StateInvalid, Error: e.Error(), Since: time.Now().UTC()}}
+		if p, ok := m.pods[name]; ok && (p.busy || p.st.State == StateRunning) {
+			p.next = nil
+			m.cfg.Log.Warn("running pod's definition became invalid; it keeps running", "pod", name)
+		} else {
+			m.pods[name] = &pod{spec: Spec{Name: name, File: se.File}, invalid: e,
+				st: persisted{State: StateInvalid, Error: e.Error(), Since: time.Now().UTC()}}
+		}
 		m.mu.Unlock()
 	}
-	var toStart []string
 	for _, s := range specs {
-		p := &pod{spec: s, st: persisted{State: StateStopped, Since: time.Now().UTC()}}
-		if st, ok := m.readPersisted(s.Name); ok {
+		seen[s.Name] = true
+		m.mu.Lock()
+		p, known := m.pods[s.Name]
+		if known && p.invalid == nil {
+			if p.busy || p.st.State == StateRunning || p.st.State == StateCheckpointed {
+				p.next = &s // takes effect at the next start
+			} else {
+				p.spec = s
+			}
+			m.mu.Unlock()
+			continue
+		}
+		p = &pod{spec: s, st: persisted{State: StateStopped, Since: time.Now().UTC()}}
+		st, hasState := m.readPersisted(s.Name)
+		if hasState {
 			p.st = st
-			if st.Spec != nil && st.State == StateRunning {
+			if st.Spec != nil && st.State != StateStopped && st.State != StateFailed {
 				p.spec = *st.Spec // keep describing the pod as it runs
+				p.next = &s
 			}
 		}
-		m.mu.Lock()
 		m.pods[s.Name] = p
 		m.mu.Unlock()
+		if !initial || !hasState {
+			if !hasState || p.st.State == StateStopped || p.st.State == StateFailed || p.st.State == StateInvalid {
+				toStart = append(toStart, s.Name)
+			}
+			continue
+		}
 		switch p.st.State {
 		case StateRunning, StateStarting, StateCheckpointing, StateRestoring:
 			if m.adopt(p) {
@@ -272,12 +307,20 @@ func (m *Manager) Load(ctx context.Context) []error {
 				m.setState(p, StateFailed, "exited while the agent was not running")
 				m.mu.Unlock()
 			}
-		case StateStopped:
-			if _, ok := m.readPersisted(s.Name); !ok {
-				toStart = append(toStart, s.Name) // new definition
-			}
 		}
 	}
+	m.mu.Lock()
+	for name, p := range m.pods {
+		if seen[name] {
+			continue
+		}
+		if p.busy || p.st.State == StateRunning || p.st.State == StateCheckpointed {
+			m.cfg.Log.Warn("pod definition removed; the pod stays until stopped", "pod", name)
+			continue
+		}
+		delete(m.pods, name)
+	}
+	m.mu.Unlock()
 	for _, name := range toStart {
 		if err := m.Start(ctx, name); err != nil {
 			m.cfg.Log.Error("start pod", "pod", name, "err", err)
@@ -387,8 +430,11 @@ func (m *Manager) Start(ctx context.Context, name string) error {
 }
 
 func (m *Manager) start(ctx context.Context, p *pod) error {
-	s := p.spec
 	m.mu.Lock()
+	if p.next != nil {
+		p.spec, p.next = *p.next, nil
+	}
+	s := p.spec
 	p.st.Spec, p.st.InitHash, p.st.Pid = &s, m.initHash, 0
 	m.setState(p, StateStarting, "")
 	m.mu.Unlock()

@@ -309,3 +309,91 @@ func TestRedisPodCheckpointRestore(t *testing.T) {
 		t.Error("veth left behind")
 	}
 }
+
+// makeRootFS builds a minimal root file system holding redis-server and
+// the libraries it links, the way an operator's own rootfs would.
+func makeRootFS(t *testing.T) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "rootfs")
+	out, err := run(context.Background(), "ldd", "/usr/bin/redis-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []string{"/usr/bin/redis-server"}
+	for _, l := range strings.Split(out, "\n") {
+		for _, f := range strings.Fields(l) {
+			if strings.HasPrefix(f, "/") {
+				files = append(files, f)
+			}
+		}
+	}
+	for _, f := range files {
+		dst := filepath.Join(root, f)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if _, err := run(context.Background(), "cp", "-L", f, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/:/bin/false\n"), 0o644)
+	return root
+}
+
+func TestDirRootPodCheckpointRestore(t *testing.T) {
+	env := newRootEnv(t)
+	m := env.m
+	ctx := context.Background()
+	root := makeRootFS(t)
+	data := filepath.Join(t.TempDir(), "data")
+	os.MkdirAll(data, 0o755)
+	spec := fmt.Sprintf(`command = "/usr/bin/redis-server"
+args = ["--bind", "0.0.0.0", "--protected-mode", "no", "--enable-debug-command", "yes",
+        "--dir", "/data", "--dbfilename", "dump.rdb"]
+workdir = "/data"
+[root]
+mode = "dir"
+path = %q
+[[mount]]
+source = %q
+target = "/data"
+[network]
+address = "10.99.0.20/24"
+bridge = %q
+`, root, data, testBridge)
+	os.WriteFile(filepath.Join(env.podsDir, "rootfs.toml"), []byte(spec), 0o644)
+	if errs := m.Load(ctx); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	c := waitRedis(t, "10.99.0.20:6379")
+	defer c.Close()
+	if _, err := c.Cmd("SET", "k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	// The data bind is the host directory: SAVE writes through it.
+	if _, err := c.Cmd("SAVE"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(data, "dump.rdb")); err != nil {
+		t.Fatalf("data bind mount: %v", err)
+	}
+	// The pod sees its own root, not the host's.
+	st, _ := m.Get(ctx, "rootfs")
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/usr/bin/redis-server", st.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/usr/bin/bash", st.Pid)); err == nil {
+		t.Fatal("pod with a separate root sees the host's /usr/bin/bash")
+	}
+	if _, err := m.Checkpoint(ctx, "rootfs", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Restore(ctx, "rootfs"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Cmd("GET", "k"); err != nil || v != "v" {
+		t.Fatalf("GET on the old connection after restore: %q %v", v, err)
+	}
+	if err := m.Stop(ctx, "rootfs"); err != nil {
+		t.Fatal(err)
+	}
+}

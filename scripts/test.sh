@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# test.sh TIER — run one test tier, or "all" of them, printing how long each
+# took and a summary line. Tiers:
+#   unit    go vet + go test ./... (no privileges needed) + a short fuzz run
+#   units   systemd-analyze verify on units/ (go test ./units/)
+#   root    real CRIU, namespaces, cgroups, redis (go test -tags roottest ./pods/)
+#   system  the real agent on a private dbus-daemon, driven by autopodctl and
+#           busctl (go test -tags roottest ./test/...)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tier $1 needs root (namespaces, cgroups, CRIU): run 'sudo make test'" >&2
+    return 1
+  fi
+}
+
+tier_unit() {
+  go vet ./... && go vet -tags roottest ./... && go test -count=1 ./... &&
+    go test -count=1 -run XXX -fuzz FuzzParseSpec -fuzztime 10s ./pods/
+}
+tier_units() { go test -count=1 -v ./units/; }
+tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -v ./pods/; }
+tier_system() { need_root system && go test -count=1 -tags roottest -timeout 15m -v ./test/...; }
+
+tiers=("$@")
+[ "${tiers[0]:-all}" = all ] && tiers=(unit units root system)
+declare -A result
+declare -A took
+failed=0
+for t in "${tiers[@]}"; do
+  echo "=== tier $t"
+  start=$(date +%s%N)
+  if "tier_$t"; then result[$t]=ok; else result[$t]=FAILED; failed=$((failed + 1)); fi
+  took[$t]=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+  echo "=== tier $t: ${result[$t]} in ${took[$t]} s"
+done
+echo
+echo "tier      result  seconds"
+for t in "${tiers[@]}"; do printf '%-9s %-7s %s\n' "$t" "${result[$t]}" "${took[$t]}"; done
+passed=$(( ${#tiers[@]} - failed ))
+echo "tiers: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
