@@ -93,7 +93,11 @@ func criuVersionNumber(v string) int {
 		if i >= len(parts) {
 			break
 		}
-		x, err := strconv.Atoi(strings.TrimFunc(parts[i], func(r rune) bool { return r < '0' || r > '9' }))
+		digits := parts[i]
+		if j := strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' }); j >= 0 {
+			digits = digits[:j] // "2-rc1" -> "2"
+		}
+		x, err := strconv.Atoi(digits)
 		if err != nil {
 			return 0
 		}

@@ -438,7 +438,9 @@ func (m *Manager) start(ctx context.Context, p *pod) error {
 	p.st.Spec, p.st.InitHash, p.st.Pid = &s, m.initHash, 0
 	m.setState(p, StateStarting, "")
 	m.mu.Unlock()
-	pid, err := m.launch(ctx, s)
+	launchSpec := s
+	launchSpec.Network.Bridge = m.bridgeFor(s)
+	pid, err := m.launch(ctx, launchSpec)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
@@ -548,6 +550,14 @@ func (m *Manager) launch(ctx context.Context, s Spec) (pid int, err error) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// bridgeFor is the bridge a pod attaches to: its own, else the agent's.
+func (m *Manager) bridgeFor(s Spec) string {
+	if s.Network.Bridge != "" {
+		return s.Network.Bridge
+	}
+	return m.cfg.Bridge
 }
 
 func (m *Manager) ensureBridge(ctx context.Context, bridge string) error {
@@ -867,11 +877,11 @@ func (m *Manager) restore(ctx context.Context, s Spec, man Manifest, dir string)
 	req := criuRequest{ImagesDir: dir, WorkDir: filepath.Join(m.podDir(s.Name), "criu-logs"), LogName: "restore.log",
 		Root: rootFS(s), ExtMounts: m.extMounts(s, man.InitHash)}
 	if s.Network.Address.IsValid() {
-		if err := m.ensureBridge(ctx, s.Network.Bridge); err != nil {
+		if err := m.ensureBridge(ctx, m.bridgeFor(s)); err != nil {
 			return 0, err
 		}
 		_ = removeVeth(ctx, s.Name)
-		req.Veth, req.Bridge = hostVeth(s.Name), s.Network.Bridge
+		req.Veth, req.Bridge = hostVeth(s.Name), m.bridgeFor(s)
 	}
 	if f, err := os.OpenFile(m.logPath(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
 		fmt.Fprintf(f, "--- autopod: restoring pod %s from %s at %s\n", s.Name, dir, time.Now().UTC().Format(time.RFC3339))

@@ -99,6 +99,11 @@ pids = 256
 
 func waitRedis(t *testing.T, addr string) *respConn {
 	t.Helper()
+	// Never send anything to an address outside the test's own bridge.
+	host, _, _ := strings.Cut(addr, ":")
+	if out, err := run(context.Background(), "ip", "route", "get", host); err != nil || !strings.Contains(out, "dev "+testBridge+" ") {
+		t.Fatalf("%s is not routed to the test bridge %s: %v %s", host, testBridge, err, out)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {

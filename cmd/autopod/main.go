@@ -94,6 +94,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	switch o.logLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return o, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.logLevel)
+	}
 	return o, nil
 }
 
