@@ -535,12 +535,16 @@ func (m *Manager) launch(ctx context.Context, s Spec) (pid int, err error) {
 		return pid, fmt.Errorf("hand configuration to init: %w", err)
 	}
 	pw.Close()
-	// Wait for stage 2: its command line says so once the exec happened.
+	// Wait for stage 2 to run the workload: then its signal handlers are
+	// in place (a pid namespace's init ignores signals it has no handler
+	// for, so an early SIGTERM would be lost) and the pod is really up.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if strings.Contains(string(b), InitRunArg) {
-			return pid, nil
+			if hasChildren(pid) {
+				return pid, nil
+			}
 		}
 		if !alive(pid) {
 			return pid, fmt.Errorf("pod init exited during setup (%s); see %s", waitExit(pid), m.logPath(s.Name))

@@ -43,6 +43,18 @@ func alive(pid int) bool {
 	return i >= 0 && len(s) > i+2 && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
+// hasChildren reports whether any thread of pid has a child process
+// (/proc/PID/task/TID/children lists the children each thread forked).
+func hasChildren(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		if c, _ := os.ReadFile(t); len(strings.TrimSpace(string(c))) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // nsPid maps a host pid to its pid inside its innermost pid namespace.
 func nsPid(pid int) int {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -400,5 +401,70 @@ bridge = %q
 	}
 	if err := m.Stop(ctx, "rootfs"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestRestartPolicyAndReadoption(t *testing.T) {
+	env := newRootEnv(t)
+	m := env.m
+	ctx := context.Background()
+	os.WriteFile(filepath.Join(env.podsDir, "sleeper.toml"), []byte(`command = "/bin/sleep"
+args = ["1000"]
+restart = "on-failure"
+`), 0o644)
+	if errs := m.Load(ctx); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	st, _ := m.Get(ctx, "sleeper")
+	if st.State != StateRunning {
+		t.Fatalf("%+v", st)
+	}
+	// Kill the workload (not the init): the init exits with 128+9, a failure.
+	var workload int
+	for _, p := range m.cg.procs("sleeper") {
+		if p != st.Pid {
+			workload = p
+		}
+	}
+	if workload == 0 {
+		t.Fatal("no workload process in the pod's cgroup")
+	}
+	syscall.Kill(workload, syscall.SIGKILL)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, _ := m.Get(ctx, "sleeper")
+		if s.State == StateRunning && s.Pid != st.Pid {
+			if s.Restarts != 1 {
+				t.Fatalf("restarts = %d", s.Restarts)
+			}
+			st = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod not restarted: %+v", s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A second manager over the same state re-adopts the running pod
+	// instead of starting another copy.
+	m2, err := NewManager(env.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2.Load(ctx)
+	s2, _ := m2.Get(ctx, "sleeper")
+	if s2.State != StateRunning || s2.Pid != st.Pid {
+		t.Fatalf("re-adoption: %+v, want pid %d", s2, st.Pid)
+	}
+	if n := len(m.cg.procs("sleeper")); n != 2 {
+		t.Fatalf("%d processes in the pod, want init + sleep", n)
+	}
+	// A clean exit under on-failure is not restarted.
+	if err := m2.Stop(ctx, "sleeper"); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := m2.Get(ctx, "sleeper"); s.State != StateStopped {
+		t.Fatalf("after stop: %+v", s)
 	}
 }
