@@ -1,0 +1,184 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Exit codes; documented in the help text.
+const (
+	exitOK          = 0
+	exitFailed      = 1 // the agent (or the bus) refused or failed the operation
+	exitUsage       = 2
+	exitUnreachable = 3 // no bus, or nothing owns org.autopod.Agent1
+)
+
+// Default deadlines for the whole command, every D-Bus call included.
+// Checkpoint and restore move a pod's whole memory through CRIU; the rest
+// are answered from the agent's memory.
+const (
+	defaultTimeout     = 10 * time.Second
+	defaultLongTimeout = 5 * time.Minute
+)
+
+// options is the parsed command line.
+type options struct {
+	json         bool
+	timeout      time.Duration // 0: the command's default
+	bus          string        // "" : DBUS_SYSTEM_BUS_ADDRESS, then the standard socket
+	leaveRunning bool
+	help         bool // -h/--help, or the help command
+
+	command string   // canonical command name; "" only with help
+	args    []string // positional arguments after the command
+}
+
+// usageError is a command line autopodctl cannot act on (exit status 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+func isUsage(err error) bool {
+	var u *usageError
+	return errors.As(err, &u)
+}
+
+// parseArgs parses the arguments after the program name. Options may come
+// before or after the command, in --name, -name, --name=value or
+// --name value form, because people type "autopodctl pods --json" as often
+// as "autopodctl --json pods". "--" ends options.
+func parseArgs(args []string) (options, error) {
+	var opts options
+	var positional []string
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			positional = append(positional, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(arg, "-") || arg == "-" {
+			positional = append(positional, arg)
+			continue
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		// value returns the option's argument, inline or the next word.
+		needValue := func() (string, error) {
+			if hasValue {
+				return value, nil
+			}
+			if i+1 >= len(args) {
+				return "", usagef("option --%s needs a value", name)
+			}
+			i++
+			return args[i], nil
+		}
+		var err error
+		switch name {
+		case "h", "help":
+			opts.help, err = boolValue(name, value, hasValue)
+		case "json":
+			opts.json, err = boolValue(name, value, hasValue)
+		case "leave-running":
+			opts.leaveRunning, err = boolValue(name, value, hasValue)
+		case "timeout":
+			var v string
+			if v, err = needValue(); err == nil {
+				opts.timeout, err = time.ParseDuration(v)
+				if err != nil || opts.timeout <= 0 {
+					err = usagef("option --timeout: %q is not a positive duration (examples: 30s, 10m, 1h)", v)
+				}
+			}
+		case "bus":
+			if opts.bus, err = needValue(); err == nil && opts.bus == "" {
+				err = usagef("option --bus needs a D-Bus address, e.g. unix:path=/run/dbus/system_bus_socket")
+			}
+		default:
+			err = usagef("unknown option %s", arg)
+		}
+		if err != nil {
+			return options{}, err
+		}
+	}
+
+	if len(positional) == 0 {
+		if opts.help {
+			return opts, nil
+		}
+		return options{}, usagef("no command given")
+	}
+	spec, ok := lookupCommand(positional[0])
+	if !ok {
+		return options{}, usagef("unknown command %q", positional[0])
+	}
+	opts.command, opts.args = spec.name, positional[1:]
+
+	if spec.name == "help" {
+		opts.help = true
+		switch len(opts.args) {
+		case 0:
+			opts.command = ""
+		case 1:
+			topic, ok := lookupCommand(opts.args[0])
+			if !ok {
+				return options{}, usagef("no help for unknown command %q", opts.args[0])
+			}
+			opts.command, opts.args = topic.name, nil
+		default:
+			return options{}, usagef("help takes at most one command")
+		}
+		return opts, nil
+	}
+	if opts.help {
+		return opts, nil // "autopodctl start --help" needs no NAME
+	}
+	if len(opts.args) != len(spec.args) {
+		if len(spec.args) == 0 {
+			return options{}, usagef("%s takes no arguments", spec.name)
+		}
+		return options{}, usagef("usage: autopodctl %s", spec.synopsis())
+	}
+	if opts.leaveRunning && spec.name != "checkpoint" {
+		return options{}, usagef("option --leave-running applies only to checkpoint")
+	}
+	return opts, nil
+}
+
+func boolValue(name, value string, hasValue bool) (bool, error) {
+	if !hasValue {
+		return true, nil
+	}
+	b, err := strconv.ParseBool(value)
+	if err != nil {
+		return false, usagef("option --%s: %q is not true or false", name, value)
+	}
+	return b, nil
+}
+
+// busAddress picks the bus: --bus, then DBUS_SYSTEM_BUS_ADDRESS (the
+// variable libdbus and sd-bus honour too), then the standard socket.
+func busAddress(flag string, getenv func(string) string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := getenv("DBUS_SYSTEM_BUS_ADDRESS"); env != "" {
+		return env
+	}
+	return "unix:path=/run/dbus/system_bus_socket"
+}
+
+// commandTimeout is the deadline for the whole command.
+func commandTimeout(opts options) time.Duration {
+	if opts.timeout > 0 {
+		return opts.timeout
+	}
+	if spec, ok := lookupCommand(opts.command); ok && spec.long {
+		return defaultLongTimeout
+	}
+	return defaultTimeout
+}
