@@ -132,7 +132,7 @@ func innerPids(t *testing.T, m *Manager, name string) []int {
 	return out
 }
 
-func TestRedisPodCheckpointRestore(t *testing.T) {
+func TestRootRedisPodCheckpointRestore(t *testing.T) {
 	env := newRootEnv(t)
 	m := env.m
 	ctx := context.Background()
@@ -345,7 +345,7 @@ func makeRootFS(t *testing.T) string {
 	return root
 }
 
-func TestDirRootPodCheckpointRestore(t *testing.T) {
+func TestRootDirPodCheckpointRestore(t *testing.T) {
 	env := newRootEnv(t)
 	m := env.m
 	ctx := context.Background()
@@ -404,7 +404,7 @@ bridge = %q
 	}
 }
 
-func TestRestartPolicyAndReadoption(t *testing.T) {
+func TestRootRestartPolicyAndReadoption(t *testing.T) {
 	env := newRootEnv(t)
 	m := env.m
 	ctx := context.Background()

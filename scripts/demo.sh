@@ -62,11 +62,19 @@ TOML
 
 say "A private system-like bus (this machine runs no system D-Bus)"
 bus="unix:path=$demo/bus"
-dbus-daemon --config-file="$top/test/dbus/system-bus.conf" --address="$bus" --nofork --nopidfile &
+dbus-daemon --config-file="$top/test/dbus/system-bus.conf" --address="$bus" --nofork --nopidfile 2>"$demo/dbus-daemon.log" &
 bus_pid=$!
 for _ in $(seq 50); do [ -S "$demo/bus" ] && break; sleep 0.1; done
 export DBUS_SYSTEM_BUS_ADDRESS=$bus
 ctl() { run "$top/bin/autopodctl" "$@"; }
+# The pod's processes as its own pid namespace numbers them.
+cgdir() { for d in /sys/fs/cgroup/pids/autopod/cache /sys/fs/cgroup/autopod/cache; do [ -d "$d" ] && echo "$d" && return; done; }
+inner_pids() {
+  local d; d=$(cgdir) || return 0
+  for p in $(cat "$d/cgroup.procs"); do
+    printf '%s:%s ' "$(awk '/^NSpid/ {print $NF}' /proc/$p/status)" "$(cat /proc/$p/comm)"
+  done | tr ' ' '\n' | sort -n | tr '\n' ' '
+}
 
 say "Start the agent (it reads $demo/pods and starts the pod)"
 cat "$demo/pods/cache.toml"
@@ -85,6 +93,8 @@ printf 'on the held connection: PING -> %s\n' "$(resp PING)"
 before=$(redis-cli -h $ip DEBUG DIGEST)
 echo "DEBUG DIGEST: $before"
 ss -tn dst $ip | sed -n 2p | awk '{print "connection:", $4, "->", $5}'
+pids_before=$(inner_pids)
+echo "inner pids (pid:command): $pids_before"
 
 say "Checkpoint the pod with CRIU (it stops; its image is self-describing)"
 ctl checkpoint cache
@@ -101,6 +111,9 @@ printf 'on the SAME held connection: PING -> %s\n' "$(resp PING)"
 after=$(redis-cli -h $ip DEBUG DIGEST)
 echo "DEBUG DIGEST: $after"
 [ "$before" = "$after" ] && echo "data identical" || { echo "DATA DIFFERS"; exit 1; }
+pids_after=$(inner_pids)
+echo "inner pids (pid:command): $pids_after"
+[ "$pids_before" = "$pids_after" ] && echo "inner pids identical" || { echo "INNER PIDS DIFFER"; exit 1; }
 
 say "Restart the agent: the pod keeps running and is re-adopted"
 kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
@@ -113,6 +126,7 @@ ctl pods
 say "Stop the pod: no process, veth or cgroup is left"
 ctl stop cache
 ctl pods
-ip link show ap-cache 2>/dev/null && echo "veth left!" || echo "veth ap-cache: gone"
+ip link show ap-cache >/dev/null 2>&1 && { echo "veth left!"; exit 1; } || echo "veth ap-cache: gone"
+[ -z "$(cgdir)" ] && echo "cgroups of cache: gone" || { echo "cgroup left: $(cgdir)"; exit 1; }
 echo
 echo "Demo done. Agent log: $demo/agent.log; pod log: $demo/log/cache.log"

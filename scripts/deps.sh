@@ -41,8 +41,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The packaged redis-server starts a system instance on install where an init runs; tests
-# start their own, so make sure a stray one holds no port (no-op without an init system).
 command -v redis-server >/dev/null || { log "redis-server missing after install"; exit 1; }
 
 criu_ok() { # $1 = binary
@@ -121,7 +119,18 @@ fi
 cur=$(cat /proc/sys/fs/pipe-max-size)
 [ "$cur" -ge 4194304 ] || echo 4194304 >/proc/sys/fs/pipe-max-size || true
 
-if [ -f "$here/go.mod" ] && command -v go >/dev/null; then
-  (cd "$here" && go mod download)
+# Go: these machines carry it in /usr/local/go; Debian 12's golang-go (1.19)
+# is too old for go.mod, so say so instead of failing later in the build.
+export PATH=$PATH:/usr/local/go/bin
+want=$(sed -n 's/^go //p' "$here/go.mod")
+if ! command -v go >/dev/null; then
+  log "Go $want or newer is needed (not found on PATH or in /usr/local/go)"
+  exit 1
 fi
+have=$(go env GOVERSION | sed 's/^go//')
+if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]; then
+  log "Go $have is older than the $want that go.mod needs"
+  exit 1
+fi
+(cd "$here" && go mod download)
 log "done"

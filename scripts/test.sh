@@ -22,7 +22,7 @@ tier_unit() {
     go test -count=1 -run XXX -fuzz FuzzParseSpec -fuzztime 10s ./pods/
 }
 tier_units() { go test -count=1 -v ./units/; }
-tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -v ./pods/; }
+tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/; }
 tier_system() { need_root system && go test -count=1 -tags roottest -timeout 15m -v ./test/...; }
 
 tiers=("$@")

@@ -76,7 +76,8 @@ SEE ALSO
 `
 
 type options struct {
-	config   string
+	config    string
+	configSet bool
 	logLevel string
 	version  bool
 }
@@ -91,6 +92,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "config" {
+			o.configSet = true
+		}
+	})
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -125,6 +131,23 @@ func main() {
 	}
 }
 
+// lockStateDir takes an exclusive lock on STATE_DIR/agent.lock so that two
+// agents never manage the same pods.
+func lockStateDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dir+"/agent.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another autopod is running on %s (lock %s): %w", dir, f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}
+
 func parseLevel(s string) slog.Level {
 	switch strings.ToLower(s) {
 	case "debug":
@@ -138,10 +161,22 @@ func parseLevel(s string) slog.Level {
 }
 
 func run(o options) error {
+	if o.configSet {
+		// A path given on the command line must exist; only the default
+		// path may be absent (then every setting is its default).
+		if _, err := os.Stat(o.config); err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+	}
 	cfg, err := agent.LoadConfig(o.config)
 	if err != nil {
 		return err
 	}
+	unlock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if o.logLevel != "" {
 		cfg.LogLevel = o.logLevel
 	}
@@ -168,12 +203,13 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	_ = notifier.Status("loading pods")
-	mgr.Load(ctx)
-
 	conn, err := dbus.ConnectSystemBus(dbus.WithContext(ctx))
 	if err != nil {
-		return fmt.Errorf("connect to the system bus: %w", err)
+		addr := os.Getenv("DBUS_SYSTEM_BUS_ADDRESS")
+		if addr == "" {
+			addr = "unix:path=/run/dbus/system_bus_socket"
+		}
+		return fmt.Errorf("connect to the system bus at %s: %w", addr, err)
 	}
 	defer conn.Close()
 	obj := agent.NewAgentObject(conn, mgr, agent.StatusInfo{Version: version, Criu: criu}, log)
@@ -187,6 +223,11 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	// Pods are loaded (and started) only once this agent owns the bus name:
+	// a second agent that loses the race must not start anything.
+	_ = notifier.Status("loading pods")
+	mgr.Load(ctx)
+
 	l, activated, err := agent.PeerListener(cfg.PeerPort)
 	if err != nil {
 		return err

@@ -135,7 +135,7 @@ func (m *fakeManager) Checkpoint(_ context.Context, name string, o pods.Checkpoi
 	if err := m.set(name, state, pid); err != nil {
 		return pods.CheckpointResult{}, err
 	}
-	return pods.CheckpointResult{Dir: "/var/lib/autopod/checkpoints/" + name + "/1", Bytes: 3 << 20}, nil
+	return pods.CheckpointResult{Dir: "/var/lib/autopod/pods/" + name + "/checkpoints/20261130T040205.009385820Z", Bytes: 3 << 20}, nil
 }
 func (m *fakeManager) Subscribe(func(pods.Event)) {}
 
@@ -254,7 +254,7 @@ func TestCLIAgainstAgent(t *testing.T) {
 		t.Errorf("stop db --json: exit %d\n%s", code, out)
 	}
 	code, out, _ = h.ctl(t, "checkpoint", "web", "--leave-running")
-	if code != exitOK || out != "checkpointed web: 3.0 MiB in /var/lib/autopod/checkpoints/web/1 (pod left running)\n" {
+	if code != exitOK || out != "checkpointed web: 3.0 MiB in /var/lib/autopod/pods/web/checkpoints/20261130T040205.009385820Z (pod left running)\n" {
 		t.Errorf("checkpoint: exit %d %q", code, out)
 	}
 	code, out, _ = h.ctl(t, "--json", "checkpoint", "web")

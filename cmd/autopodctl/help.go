@@ -138,7 +138,7 @@ the agent still finishes the checkpoint: check with "autopodctl pod NAME".`,
     Keep the pod running after the dump (a snapshot, e.g. for a backup or
     a migration test).`,
 			output: `The image directory and its size, e.g.
-  "checkpointed web: 12.0 MiB in /var/lib/autopod/checkpoints/web/1".
+  "checkpointed web: 12.0 MiB in /var/lib/autopod/pods/web/checkpoints/20261130T040205.009385820Z".
 With --json: {"name": "...", "dir": "...", "bytes": N, "leave_running": B}.`,
 			dbus:    "org.autopod.Agent1.Checkpoint(s name, b leave_running) -> (s dir, t bytes)",
 			example: "sudo autopodctl checkpoint web\nsudo autopodctl checkpoint --leave-running --timeout 20m db",

@@ -84,6 +84,12 @@ func parseArgs(args []string) (options, error) {
 			opts.help, err = boolValue(name, value, hasValue)
 		case "json":
 			opts.json, err = boolValue(name, value, hasValue)
+		case "version", "V":
+			// --version is the version command, as in most tools.
+			var v bool
+			if v, err = boolValue(name, value, hasValue); err == nil && v {
+				positional = append([]string{"version"}, positional...)
+			}
 		case "leave-running":
 			opts.leaveRunning, err = boolValue(name, value, hasValue)
 		case "timeout":

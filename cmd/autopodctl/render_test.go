@@ -99,8 +99,8 @@ func TestRenderPod(t *testing.T) {
 
 func TestRenderCheckpoint(t *testing.T) {
 	var b bytes.Buffer
-	_ = renderCheckpoint(&b, checkpointResult{Name: "web", Dir: "/var/lib/autopod/checkpoints/web/1", Bytes: 12 << 20, LeaveRunning: true})
-	if want := "checkpointed web: 12.0 MiB in /var/lib/autopod/checkpoints/web/1 (pod left running)\n"; b.String() != want {
+	_ = renderCheckpoint(&b, checkpointResult{Name: "web", Dir: "/var/lib/autopod/pods/web/checkpoints/20261130T040205.009385820Z", Bytes: 12 << 20, LeaveRunning: true})
+	if want := "checkpointed web: 12.0 MiB in /var/lib/autopod/pods/web/checkpoints/20261130T040205.009385820Z (pod left running)\n"; b.String() != want {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
