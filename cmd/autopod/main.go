@@ -78,8 +78,8 @@ SEE ALSO
 type options struct {
 	config    string
 	configSet bool
-	logLevel string
-	version  bool
+	logLevel  string
+	version   bool
 }
 
 func parseArgs(args []string, stderr io.Writer) (options, error) {
