@@ -16,6 +16,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/autopod/autopod/peer"
 	"github.com/autopod/autopod/pods"
 )
 
@@ -38,6 +39,12 @@ const (
 	DBusErrNotRunning     = DBusInterface + ".Error.NotRunning"     // pods.ErrNotRunning
 	DBusErrNoCheckpoint   = DBusInterface + ".Error.NoCheckpoint"   // pods.ErrNoCheckpoint
 	DBusErrAccessDenied   = DBusInterface + ".Error.AccessDenied"   // caller is not root
+	DBusErrMigrated       = DBusInterface + ".Error.Migrated"       // pods.ErrMigrated
+	DBusErrPeerRefused    = DBusInterface + ".Error.PeerRefused"    // pods.ErrPeerRefused, peer.ErrRefused
+	DBusErrUnknownPeer    = DBusInterface + ".Error.UnknownPeer"    // peer.ErrUnknownPeer
+	DBusErrNoIdentity     = DBusInterface + ".Error.NoIdentity"     // peer.ErrNoIdentity
+	DBusErrIdentityExists = DBusInterface + ".Error.IdentityExists" // peer.ErrIdentityExists
+	DBusErrNotSupported   = DBusInterface + ".Error.NotSupported"   // no Migrator or PeerRegistry configured
 	DBusErrFailed         = DBusInterface + ".Error.Failed"         // anything else
 )
 
@@ -49,10 +56,35 @@ var ErrBusNameTaken = errors.New("D-Bus name already owned by another connection
 // them; the D-Bus layer is the only place that authorises.
 var errAccessDenied = errors.New("access denied")
 
+// errInvalidArgument marks bad arguments that are not about a pod
+// definition (pods.ErrInvalid is); both map to DBusErrInvalid.
+var errInvalidArgument = errors.New("invalid argument")
+
+// errNotSupported marks methods whose backend the daemon did not configure
+// (see SetMigration).
+var errNotSupported = errors.New("not supported by this agent")
+
 // authTimeout bounds the bus round trip that finds a caller's uid. The bus
 // daemon answers from memory, so a slow answer means the bus is in trouble
 // and refusing is the safe outcome.
 const authTimeout = 5 * time.Second
+
+// flushTimeout bounds how long a migration method waits, after the
+// Migrator returned, for its last MigrationProgress signals to be sent
+// before it replies. Emitting is a local socket write; if it takes longer
+// the reply goes out anyway and a listener may see late progress.
+const flushTimeout = 5 * time.Second
+
+// progressInterval is the least time between two MigrationProgress signals
+// of one migration (pod and peer) in the same phase. A phase change is
+// always sent at once, and byte counts are cumulative, so nothing but
+// intermediate counts is skipped; it keeps a Migrator that reports every
+// chunk from flooding the bus.
+const progressInterval = 100 * time.Millisecond
+
+// maxCertPEM bounds PeerAdd's certificate argument; a PEM certificate is
+// a few KiB.
+const maxCertPEM = 64 << 10
 
 // StatusInfo is what the agent's Status method and constant properties
 // report besides the pods: fixed at start, so it needs no locking.
@@ -72,11 +104,19 @@ type PodSummary struct {
 	Error   string
 }
 
+// PeerSummary is one element of ListPeers' reply, D-Bus type (sss). Field
+// order is the wire order; do not reorder.
+type PeerSummary struct {
+	Name        string
+	Address     string // host:port
+	Fingerprint string
+}
+
 // AgentObject implements the org.autopod.Agent1 interface at DBusPath.
 //
 // Every exported method whose last result is *dbus.Error is a D-Bus method
-// (godbus exports exactly those); the others (Export, Claim, Close) are for
-// the daemon. godbus runs each incoming call on its own goroutine, so the
+// (godbus exports exactly those); the others (Export, Claim, Close,
+// SetMigration) are for the daemon. godbus runs each incoming call on its own goroutine, so the
 // D-Bus methods hold no lock while they call the PodManager: a Checkpoint
 // that takes minutes does not hold up ListPods or a StopPod of another pod.
 type AgentObject struct {
@@ -92,12 +132,22 @@ type AgentObject struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
+	migrator Migrator         // nil: Migrate, Evacuate and Return are not supported
+	peers    PeerRegistry     // nil: the Peer* methods and ListPeers are not supported
 	props    *prop.Properties // nil until Export
 	exported bool
 	closed   bool
-	queue    []pods.Event  // events not yet turned into signals
+	queue    []queued      // items not yet turned into signals
 	wake     chan struct{} // capacity 1: "queue is not empty"
 	done     chan struct{} // closed when the event loop has returned
+}
+
+// queued is one item of the event loop's queue: exactly one of event,
+// progress and flushed is set.
+type queued struct {
+	event    *pods.Event
+	progress *pods.MigrationProgress
+	flushed  chan struct{} // a barrier: closed when everything before it is sent
 }
 
 // NewAgentObject prepares the agent's D-Bus object on conn. Nothing is
@@ -118,6 +168,18 @@ func NewAgentObject(conn *dbus.Conn, mgr PodManager, info StatusInfo, log *slog.
 		wake:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+}
+
+// SetMigration gives the object the backends of its migration and peer
+// methods. The daemon calls it before Export; until it is called, or for a
+// nil argument, those methods fail with DBusErrNotSupported. It is safe to
+// call at any time: each call of a D-Bus method uses the values current
+// when it starts.
+func (a *AgentObject) SetMigration(m Migrator, p PeerRegistry) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.migrator = m
+	a.peers = p
 }
 
 // Export registers the methods, the properties and the introspection data
@@ -300,6 +362,8 @@ func (a *AgentObject) GetPod(name string) (map[string]dbus.Variant, *dbus.Error)
 		"restarts":   dbus.MakeVariant(int32(st.Restarts)),
 		"checkpoint": dbus.MakeVariant(st.Checkpoint),
 		"error":      dbus.MakeVariant(st.Error),
+		"home":       dbus.MakeVariant(st.Home),
+		"location":   dbus.MakeVariant(st.Location),
 	}, nil
 }
 
@@ -368,6 +432,192 @@ func (a *AgentObject) Status() (map[string]dbus.Variant, *dbus.Error) {
 	}, nil
 }
 
+// ---- migration and peers -------------------------------------------------
+//
+// Migrate, Evacuate and Return report their progress as MigrationProgress
+// signals, and send their reply only after the last of those signals, so
+// that a client that subscribed before calling sees every phase before the
+// result.
+
+// Migrate moves a running pod to a pinned peer and returns how long the
+// pod was frozen, how long the whole migration took (both in
+// microseconds) and how many bytes were sent. Root only. It can take
+// minutes; the pod keeps running here if it fails.
+func (a *AgentObject) Migrate(sender dbus.Sender, name, peerName string) (frozenUsec, totalUsec, bytes uint64, derr *dbus.Error) {
+	var res pods.MigrationResult
+	derr = a.run(sender, "Migrate", []any{"pod", name, "peer", peerName},
+		func() error { return errors.Join(checkPodName(name), checkPeerName(peerName)) },
+		func(ctx context.Context) error {
+			m, err := a.migration()
+			if err != nil {
+				return err
+			}
+			defer a.flush()
+			res, err = m.Migrate(ctx, name, peerName, a.onProgress)
+			return err
+		})
+	if derr != nil {
+		return 0, 0, 0, derr
+	}
+	return usec(res.Frozen), usec(res.Total), uint64(max(res.FileBytes, 0)) + uint64(max(res.ImageBytes, 0)), nil
+}
+
+// Evacuate migrates every running pod to a pinned peer and returns the
+// names of the pods it moved, sorted. Root only. If any pod could not be
+// moved the call fails; the message names the pods that were moved and
+// why each other one was not.
+func (a *AgentObject) Evacuate(sender dbus.Sender, peerName string) ([]string, *dbus.Error) {
+	var moved []string
+	derr := a.run(sender, "Evacuate", []any{"peer", peerName},
+		func() error { return checkPeerName(peerName) },
+		func(ctx context.Context) error {
+			m, err := a.migration()
+			if err != nil {
+				return err
+			}
+			defer a.flush()
+			res, err := m.Evacuate(ctx, peerName, a.onProgress)
+			moved = make([]string, 0, len(res))
+			for _, r := range res {
+				moved = append(moved, r.Pod)
+			}
+			slices.Sort(moved)
+			if err != nil {
+				return fmt.Errorf("evacuate to %s (migrated: %s): %w", peerName, nameList(moved), err)
+			}
+			return nil
+		})
+	if derr != nil {
+		return nil, derr
+	}
+	return moved, nil
+}
+
+// Return brings this host's pods that run on peers back home and returns
+// their names, sorted; none is an empty array. Root only. If any pod could
+// not be brought back the call fails; the message names those that were.
+func (a *AgentObject) Return(sender dbus.Sender) ([]string, *dbus.Error) {
+	var back []string
+	derr := a.run(sender, "Return", nil, nil, func(ctx context.Context) error {
+		m, err := a.migration()
+		if err != nil {
+			return err
+		}
+		defer a.flush()
+		back, err = m.Return(ctx, a.onProgress)
+		back = slices.Sorted(slices.Values(back))
+		if back == nil {
+			back = []string{}
+		}
+		if err != nil {
+			return fmt.Errorf("return (returned: %s): %w", nameList(back), err)
+		}
+		return nil
+	})
+	if derr != nil {
+		return nil, derr
+	}
+	return back, nil
+}
+
+// PeerInit creates this host's peer key and certificate and returns the
+// certificate (PEM) and its fingerprint. With force it replaces an existing
+// identity, which breaks every peer that pinned the old certificate.
+// Root only.
+func (a *AgentObject) PeerInit(sender dbus.Sender, force bool) (certPEM, fingerprint string, derr *dbus.Error) {
+	derr = a.run(sender, "PeerInit", []any{"force", force}, nil, func(context.Context) error {
+		r, err := a.peerRegistry()
+		if err != nil {
+			return err
+		}
+		certPEM, fingerprint, err = r.InitIdentity(force)
+		return err
+	})
+	if derr != nil {
+		return "", "", derr
+	}
+	return certPEM, fingerprint, nil
+}
+
+// PeerCert returns this host's certificate (PEM) and fingerprint, what
+// other hosts pin with PeerAdd. Open to every user: the certificate is
+// public.
+func (a *AgentObject) PeerCert() (certPEM, fingerprint string, derr *dbus.Error) {
+	r, err := a.peerRegistry()
+	if err != nil {
+		return "", "", dbusError(err)
+	}
+	certPEM, fingerprint, err = r.Identity()
+	if err != nil {
+		return "", "", dbusError(err)
+	}
+	return certPEM, fingerprint, nil
+}
+
+// PeerAdd pins a peer: its name, its address (host or host:port) and its
+// certificate (PEM). It returns the pinned fingerprint. Root only.
+func (a *AgentObject) PeerAdd(sender dbus.Sender, name, address, certPEM string) (string, *dbus.Error) {
+	var info PeerInfo
+	derr := a.run(sender, "PeerAdd", []any{"peer", name, "address", address},
+		func() error {
+			switch {
+			case name == "":
+				return checkPeerName(name)
+			case address == "":
+				return fmt.Errorf("%w: peer address is empty", errInvalidArgument)
+			case strings.TrimSpace(certPEM) == "":
+				return fmt.Errorf("%w: peer certificate is empty", errInvalidArgument)
+			case len(certPEM) > maxCertPEM:
+				return fmt.Errorf("%w: peer certificate is %d bytes, more than the %d a certificate can be", errInvalidArgument, len(certPEM), maxCertPEM)
+			}
+			return nil
+		},
+		func(context.Context) error {
+			r, err := a.peerRegistry()
+			if err != nil {
+				return err
+			}
+			info, err = r.AddPeer(name, address, []byte(certPEM))
+			return err
+		})
+	if derr != nil {
+		return "", derr
+	}
+	return info.Fingerprint, nil
+}
+
+// PeerRemove unpins a peer: from then on the agent neither sends to it nor
+// accepts it. Root only.
+func (a *AgentObject) PeerRemove(sender dbus.Sender, name string) *dbus.Error {
+	return a.run(sender, "PeerRemove", []any{"peer", name},
+		func() error { return checkPeerName(name) },
+		func(context.Context) error {
+			r, err := a.peerRegistry()
+			if err != nil {
+				return err
+			}
+			return r.RemovePeer(name)
+		})
+}
+
+// ListPeers returns the pinned peers, sorted by name. Open to every user.
+func (a *AgentObject) ListPeers() ([]PeerSummary, *dbus.Error) {
+	r, err := a.peerRegistry()
+	if err != nil {
+		return nil, dbusError(err)
+	}
+	list, err := r.ListPeers()
+	if err != nil {
+		return nil, dbusError(err)
+	}
+	out := make([]PeerSummary, 0, len(list))
+	for _, p := range list {
+		out = append(out, PeerSummary{Name: p.Name, Address: p.Address, Fingerprint: p.Fingerprint})
+	}
+	slices.SortFunc(out, func(x, y PeerSummary) int { return strings.Compare(x.Name, y.Name) })
+	return out, nil
+}
+
 // ---- helpers for the methods -------------------------------------------
 
 func (a *AgentObject) listSorted() []pods.Status {
@@ -390,26 +640,56 @@ func (a *AgentObject) get(name string) (pods.Status, *dbus.Error) {
 	return st, nil
 }
 
-// mutate authorises the caller, runs op and logs the outcome: every
-// state-changing method goes through it so none can skip the uid check.
+// mutate is run for a method whose subject is one pod, whose name it checks.
 func (a *AgentObject) mutate(sender dbus.Sender, method, name string, op func(context.Context) error) *dbus.Error {
+	return a.run(sender, method, []any{"pod", name}, func() error { return checkPodName(name) }, op)
+}
+
+// run authorises the caller, checks the arguments (check may be nil), runs
+// op and logs the outcome with attrs (key-value pairs naming the call's
+// subject): every state-changing method goes through it so none can skip
+// the uid check.
+func (a *AgentObject) run(sender dbus.Sender, method string, attrs []any, check func() error, op func(context.Context) error) *dbus.Error {
 	uid, err := a.authorize(sender, method)
 	if err != nil {
-		a.log.Warn("refused D-Bus call", "method", method, "pod", name, "sender", string(sender), "err", err)
+		a.log.Warn("refused D-Bus call", append([]any{"method", method, "sender", string(sender), "err", err}, attrs...)...)
 		return dbusError(err)
 	}
-	if err := checkPodName(name); err != nil {
-		return dbusError(err)
+	if check != nil {
+		if err := check(); err != nil {
+			return dbusError(err)
+		}
 	}
 	start := time.Now()
 	err = op(a.ctx)
-	log := a.log.With("method", method, "pod", name, "uid", uid, "duration", time.Since(start))
+	log := a.log.With("method", method).With(attrs...).With("uid", uid, "duration", time.Since(start))
 	if err != nil {
 		log.Warn("D-Bus call failed", "err", err)
 		return dbusError(err)
 	}
 	log.Info("D-Bus call done")
 	return nil
+}
+
+// migration returns the Migrator, or an error for DBusErrNotSupported.
+func (a *AgentObject) migration() (Migrator, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.migrator == nil {
+		return nil, fmt.Errorf("%w: migration is not configured in this agent", errNotSupported)
+	}
+	return a.migrator, nil
+}
+
+// peerRegistry returns the PeerRegistry, or an error for
+// DBusErrNotSupported.
+func (a *AgentObject) peerRegistry() (PeerRegistry, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.peers == nil {
+		return nil, fmt.Errorf("%w: peers are not configured in this agent", errNotSupported)
+	}
+	return a.peers, nil
 }
 
 // authorize returns the caller's uid if it is root. The uid comes from the
@@ -445,16 +725,55 @@ func checkPodName(name string) error {
 	return nil
 }
 
+// checkPeerName rejects only the empty name: the peer registry judges the
+// rest, and its "unknown peer" is the better message.
+func checkPeerName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: peer name is empty", errInvalidArgument)
+	}
+	return nil
+}
+
+// nameList is names for a message: "a, b", or "none".
+func nameList(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+// usec converts a duration to whole microseconds, negative ones to 0.
+func usec(d time.Duration) uint64 {
+	return uint64(max(d, 0) / time.Microsecond)
+}
+
 // dbusError maps err to the D-Bus error a caller can branch on. The
 // message is the Go error text, with the wrapping context intact.
+//
+// The order matters for errors that wrap several sentinels: a migration
+// the peer refused may wrap the peer's reason, and an Evacuate joins the
+// errors of several pods; the peer-related names come first because they
+// say where to look.
 func dbusError(err error) *dbus.Error {
 	name := DBusErrFailed
 	switch {
 	case errors.Is(err, errAccessDenied):
 		name = DBusErrAccessDenied
+	case errors.Is(err, errNotSupported):
+		name = DBusErrNotSupported
+	case errors.Is(err, peer.ErrUnknownPeer):
+		name = DBusErrUnknownPeer
+	case errors.Is(err, pods.ErrPeerRefused), errors.Is(err, peer.ErrRefused):
+		name = DBusErrPeerRefused
+	case errors.Is(err, peer.ErrNoIdentity):
+		name = DBusErrNoIdentity
+	case errors.Is(err, peer.ErrIdentityExists):
+		name = DBusErrIdentityExists
+	case errors.Is(err, pods.ErrMigrated):
+		name = DBusErrMigrated
 	case errors.Is(err, pods.ErrNotFound):
 		name = DBusErrNotFound
-	case errors.Is(err, pods.ErrInvalid):
+	case errors.Is(err, pods.ErrInvalid), errors.Is(err, errInvalidArgument):
 		name = DBusErrInvalid
 	case errors.Is(err, pods.ErrBusy):
 		name = DBusErrBusy
@@ -495,24 +814,75 @@ func formatSince(t time.Time) string {
 // so it only queues; eventLoop does the work. The queue is unbounded on
 // purpose: dropping an event would lose a state change for every listener.
 func (a *AgentObject) onEvent(ev pods.Event) {
+	a.enqueue(queued{event: &ev})
+}
+
+// onProgress is the progress callback given to the Migrator. Like onEvent
+// it only queues. A report for the same pod, peer and phase as the last
+// item still waiting in the queue replaces that item's byte count instead
+// of queueing another, so a burst of reports costs one signal.
+func (a *AgentObject) onProgress(p pods.MigrationProgress) {
+	a.mu.Lock()
+	if n := len(a.queue); !a.closed && n > 0 {
+		if last := a.queue[n-1].progress; last != nil && last.Pod == p.Pod && last.Peer == p.Peer && last.Phase == p.Phase {
+			last.Bytes = p.Bytes
+			a.mu.Unlock()
+			return
+		}
+	}
+	a.mu.Unlock()
+	a.enqueue(queued{progress: &p})
+}
+
+// enqueue adds an item for eventLoop; after Close it drops it (a barrier
+// is released at once).
+func (a *AgentObject) enqueue(item queued) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
+		if item.flushed != nil {
+			close(item.flushed)
+		}
 		return
 	}
-	a.queue = append(a.queue, ev)
+	a.queue = append(a.queue, item)
 	a.mu.Unlock()
 	select {
 	case a.wake <- struct{}{}:
-	default: // a wake-up is already pending; it will see this event
+	default: // a wake-up is already pending; it will see this item
+	}
+}
+
+// flush waits until eventLoop has sent every signal queued before it, or
+// flushTimeout, or Close. Migration methods call it before they reply, so
+// that their last progress signals reach a listener before the reply.
+func (a *AgentObject) flush() {
+	done := make(chan struct{})
+	a.enqueue(queued{flushed: done})
+	timer := time.NewTimer(flushTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		a.log.Warn("MigrationProgress signals not sent in time; replying anyway", "timeout", flushTimeout)
+	case <-a.ctx.Done():
 	}
 }
 
 func (a *AgentObject) eventLoop() {
 	defer close(a.done)
+	// The last MigrationProgress sent for each migration (pod and peer)
+	// within progressInterval.
+	type migrationKey struct{ pod, peer string }
+	type sent struct {
+		phase string
+		at    time.Time
+	}
+	lastSent := map[migrationKey]sent{}
 	for {
 		select {
 		case <-a.ctx.Done():
+			a.releaseBarriers()
 			return
 		case <-a.wake:
 		}
@@ -520,14 +890,54 @@ func (a *AgentObject) eventLoop() {
 		batch := a.queue
 		a.queue = nil
 		a.mu.Unlock()
-		for _, ev := range batch {
-			if err := a.conn.Emit(DBusPath, DBusInterface+".PodStateChanged", ev.Name, string(ev.State), ev.Error); err != nil {
-				a.log.Warn("emit PodStateChanged", "pod", ev.Name, "state", ev.State, "err", err)
+		podEvents := false
+		for _, item := range batch {
+			switch {
+			case item.event != nil:
+				ev := item.event
+				podEvents = true
+				if err := a.conn.Emit(DBusPath, DBusInterface+".PodStateChanged", ev.Name, string(ev.State), ev.Error); err != nil {
+					a.log.Warn("emit PodStateChanged", "pod", ev.Name, "state", ev.State, "err", err)
+				}
+			case item.progress != nil:
+				p := item.progress
+				now := time.Now()
+				for k, v := range lastSent {
+					if now.Sub(v.at) >= progressInterval {
+						delete(lastSent, k)
+					}
+				}
+				key := migrationKey{p.Pod, p.Peer}
+				if last, ok := lastSent[key]; ok && last.phase == p.Phase {
+					continue // same phase, just sent: a later signal carries the count
+				}
+				lastSent[key] = sent{phase: p.Phase, at: now}
+				if err := a.conn.Emit(DBusPath, DBusInterface+".MigrationProgress", p.Pod, p.Peer, p.Phase, uint64(max(p.Bytes, 0))); err != nil {
+					a.log.Warn("emit MigrationProgress", "pod", p.Pod, "peer", p.Peer, "phase", p.Phase, "err", err)
+				}
+			case item.flushed != nil:
+				close(item.flushed)
 			}
 		}
 		// Pods appear and disappear with their files; any event may be the
 		// first sign of that, and List is cheap.
-		a.refreshPodCount()
+		if podEvents {
+			a.refreshPodCount()
+		}
+	}
+}
+
+// releaseBarriers closes the barriers left in the queue when the loop
+// stops, so that no flush waits for a loop that is gone.
+func (a *AgentObject) releaseBarriers() {
+	a.mu.Lock()
+	batch := a.queue
+	a.queue = nil
+	a.mu.Unlock()
+	for _, item := range batch {
+		if item.flushed != nil {
+			close(item.flushed)
+		}
 	}
 }
 
@@ -588,19 +998,38 @@ func methodArgNames() map[string][]string {
 		"Checkpoint":   {"name", "leave_running", "dir", "bytes"},
 		"Restore":      {"name"},
 		"Status":       {"status"},
+		"Migrate":      {"name", "peer", "frozen_usec", "total_usec", "bytes"},
+		"Evacuate":     {"peer", "migrated"},
+		"Return":       {"returned"},
+		"PeerInit":     {"force", "cert_pem", "fingerprint"},
+		"PeerCert":     {"cert_pem", "fingerprint"},
+		"PeerAdd":      {"name", "address", "cert_pem", "fingerprint"},
+		"PeerRemove":   {"name"},
+		"ListPeers":    {"peers"},
 	}
 }
 
 // signals describes what eventLoop emits.
 func signals() []introspect.Signal {
-	return []introspect.Signal{{
-		Name: "PodStateChanged",
-		Args: []introspect.Arg{
-			{Name: "name", Type: "s"},
-			{Name: "state", Type: "s"},
-			{Name: "error", Type: "s"},
+	return []introspect.Signal{
+		{
+			Name: "PodStateChanged",
+			Args: []introspect.Arg{
+				{Name: "name", Type: "s"},
+				{Name: "state", Type: "s"},
+				{Name: "error", Type: "s"},
+			},
 		},
-	}}
+		{
+			Name: "MigrationProgress",
+			Args: []introspect.Arg{
+				{Name: "pod", Type: "s"},
+				{Name: "peer", Type: "s"},
+				{Name: "phase", Type: "s"},
+				{Name: "bytes", Type: "t"},
+			},
+		},
+	}
 }
 
 // namedMethods is introspect.Methods(v) with argument names filled in,

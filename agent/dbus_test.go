@@ -17,6 +17,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/introspect"
 
+	"github.com/autopod/autopod/peer"
 	"github.com/autopod/autopod/pods"
 )
 
@@ -35,6 +36,11 @@ type fakeManager struct {
 	// If cpGate is set, Checkpoint signals cpStarted and waits for cpGate.
 	cpGate    chan struct{}
 	cpStarted chan struct{}
+
+	// If migrateGate is set, Migrate signals migrateStarted after its first
+	// progress report and waits for migrateGate.
+	migrateGate    chan struct{}
+	migrateStarted chan struct{}
 }
 
 var fakeSince = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -162,6 +168,246 @@ func (m *fakeManager) callLog() []string {
 	return slices.Clone(m.calls)
 }
 
+// ---- fake Migrator -------------------------------------------------------------
+//
+// fakeManager is also the Migrator. A migration reports the phases of a
+// real one, some of them twice in a row (as a Migrator that reports every
+// chunk does), and leaves the pod "migrated" with its Location set.
+
+// fakeMigration is what every successful fake migration returns.
+var fakeMigration = pods.MigrationResult{
+	FileBytes: 1 << 20, ImageBytes: 100 << 20,
+	Frozen: 812 * time.Millisecond, Total: 1900 * time.Millisecond,
+}
+
+// fakePhases are the progress reports of one fake migration, in order,
+// as (phase, bytes) with bytes relative to the migration's start.
+var fakePhases = []struct {
+	phase string
+	bytes int64
+}{
+	{pods.PhaseOffer, 0},
+	{pods.PhaseFiles, 0},
+	{pods.PhaseFiles, 512 << 10},
+	{pods.PhaseFiles, 1 << 20},
+	{pods.PhaseFreeze, 1 << 20},
+	{pods.PhaseDump, 1 << 20},
+	{pods.PhaseImages, 1 << 20},
+	{pods.PhaseImages, 50 << 20},
+	{pods.PhaseImages, 101 << 20},
+	{pods.PhaseRestore, 101 << 20},
+	{pods.PhaseCommit, 101 << 20},
+	{pods.PhaseDone, 101 << 20},
+}
+
+// wantPhases is fakePhases without repeats: what a listener must see.
+func wantPhases() []string {
+	var out []string
+	for _, p := range fakePhases {
+		if len(out) == 0 || out[len(out)-1] != p.phase {
+			out = append(out, p.phase)
+		}
+	}
+	return out
+}
+
+func (m *fakeManager) Migrate(ctx context.Context, name, peerName string, progress func(pods.MigrationProgress)) (pods.MigrationResult, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "Migrate "+name+" "+peerName)
+	gate, started := m.migrateGate, m.migrateStarted
+	err := m.migrateCheck(name, peerName)
+	m.mu.Unlock()
+	if err != nil {
+		return pods.MigrationResult{}, err
+	}
+	report := func(phase string, n int64) {
+		progress(pods.MigrationProgress{Pod: name, Peer: peerName, Phase: phase, Bytes: n})
+	}
+	for i, p := range fakePhases {
+		report(p.phase, p.bytes)
+		if i == 0 && gate != nil {
+			close(started)
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				report(pods.PhaseRollback, 0)
+				return pods.MigrationResult{}, fmt.Errorf("migrate %s: %w", name, ctx.Err())
+			}
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.pods[name]
+	st.State, st.Pid, st.Location = pods.StateMigrated, 0, peerName
+	m.pods[name] = st
+	for _, fn := range m.subs {
+		fn(pods.Event{Name: name, State: pods.StateMigrated})
+	}
+	res := fakeMigration
+	res.Pod, res.Peer = name, peerName
+	return res, nil
+}
+
+// migrateCheck is Migrate's refusal, with m.mu held. The peer "refuser"
+// refuses every pod, the peer "ghost" is not pinned, and m.errs applies.
+func (m *fakeManager) migrateCheck(name, peerName string) error {
+	if err := m.errs[name]; err != nil {
+		return err
+	}
+	st, ok := m.pods[name]
+	switch {
+	case !ok:
+		return fmt.Errorf("pod %q: %w", name, pods.ErrNotFound)
+	case peerName == "ghost":
+		return fmt.Errorf("migrate %s: dial: %w %q", name, peer.ErrUnknownPeer, peerName)
+	case peerName == "refuser":
+		return fmt.Errorf("migrate %s to %s: %w: criu 3.19 is older than this host's 4.1", name, peerName, pods.ErrPeerRefused)
+	case st.State == pods.StateMigrated:
+		return fmt.Errorf("pod %s: %w %s", name, pods.ErrMigrated, st.Location)
+	case st.State != pods.StateRunning:
+		return fmt.Errorf("pod %s: %w", name, pods.ErrNotRunning)
+	}
+	return nil
+}
+
+// Evacuate migrates the running pods in name order, as the real one does.
+func (m *fakeManager) Evacuate(ctx context.Context, peerName string, progress func(pods.MigrationProgress)) ([]pods.MigrationResult, error) {
+	var names []string
+	for _, st := range m.List(ctx) {
+		if st.State == pods.StateRunning {
+			names = append(names, st.Name)
+		}
+	}
+	slices.Sort(names)
+	var res []pods.MigrationResult
+	var errs []error
+	for _, n := range names {
+		r, err := m.Migrate(ctx, n, peerName, progress)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res = append(res, r)
+	}
+	return res, errors.Join(errs...)
+}
+
+// Return brings back every migrated pod, reporting the phases of the
+// incoming side. A pod in m.errs stays away.
+func (m *fakeManager) Return(_ context.Context, progress func(pods.MigrationProgress)) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.calls = append(m.calls, "Return")
+	var back []string
+	var errs []error
+	// Map order on purpose: the agent sorts.
+	for name, st := range m.pods {
+		if st.State != pods.StateMigrated {
+			continue
+		}
+		if err := m.errs[name]; err != nil {
+			errs = append(errs, fmt.Errorf("return %s from %s: %w", name, st.Location, err))
+			continue
+		}
+		for _, phase := range []string{pods.PhaseImages, pods.PhaseRestore, pods.PhaseDone} {
+			progress(pods.MigrationProgress{Pod: name, Peer: st.Location, Phase: phase, Bytes: 7 << 20})
+		}
+		st.State, st.Pid, st.Location = pods.StateRunning, 5151, ""
+		m.pods[name] = st
+		back = append(back, name)
+	}
+	return back, errors.Join(errs...)
+}
+
+// ---- fake PeerRegistry -----------------------------------------------------------
+
+// fakePeers is an in-memory PeerRegistry with the peer package's errors.
+type fakePeers struct {
+	mu       sync.Mutex
+	certPEM  string // this host's; "" before InitIdentity
+	serial   int    // identities created, to tell a forced re-init apart
+	peers    map[string]PeerInfo
+	calls    []string
+	listFail error // returned by ListPeers if set
+}
+
+func newFakePeers() *fakePeers {
+	return &fakePeers{peers: map[string]PeerInfo{}}
+}
+
+const fakeCertHeader = "-----BEGIN CERTIFICATE-----\n"
+
+// fakeFingerprint stands in for peer.Fingerprint: stable for a certificate.
+func fakeFingerprint(certPEM string) string {
+	var sum uint32
+	for _, c := range []byte(certPEM) {
+		sum = sum*31 + uint32(c)
+	}
+	return fmt.Sprintf("SHA256:%08x", sum)
+}
+
+func (p *fakePeers) InitIdentity(force bool) (string, string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, fmt.Sprintf("InitIdentity(force=%v)", force))
+	if p.certPEM != "" && !force {
+		return "", "", fmt.Errorf("%w in /var/lib/autopod/peer (cert.pem exists); replacing it breaks every peer that pinned this host's certificate", peer.ErrIdentityExists)
+	}
+	p.serial++
+	p.certPEM = fmt.Sprintf("%sTUlJQ%d\n-----END CERTIFICATE-----\n", fakeCertHeader, p.serial)
+	return p.certPEM, fakeFingerprint(p.certPEM), nil
+}
+
+func (p *fakePeers) Identity() (string, string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.certPEM == "" {
+		return "", "", fmt.Errorf("%w in /var/lib/autopod/peer: run `autopodctl peer init`", peer.ErrNoIdentity)
+	}
+	return p.certPEM, fakeFingerprint(p.certPEM), nil
+}
+
+func (p *fakePeers) AddPeer(name, address string, certPEM []byte) (PeerInfo, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, "AddPeer "+name+" "+address)
+	if !strings.HasPrefix(string(certPEM), fakeCertHeader) {
+		return PeerInfo{}, fmt.Errorf("add peer %q: certificate of peer %q: no PEM certificate found (want -----BEGIN CERTIFICATE-----)", name, name)
+	}
+	if !strings.Contains(address, ":") {
+		address += ":7781"
+	}
+	info := PeerInfo{Name: name, Address: address, Fingerprint: fakeFingerprint(string(certPEM))}
+	p.peers[name] = info
+	return info, nil
+}
+
+func (p *fakePeers) RemovePeer(name string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, "RemovePeer "+name)
+	if _, ok := p.peers[name]; !ok {
+		return fmt.Errorf("%w %q", peer.ErrUnknownPeer, name)
+	}
+	delete(p.peers, name)
+	return nil
+}
+
+func (p *fakePeers) ListPeers() ([]PeerInfo, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.listFail != nil {
+		return nil, p.listFail
+	}
+	return slices.Collect(maps.Values(p.peers)), nil // unsorted: the agent sorts
+}
+
+func (p *fakePeers) callLog() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.calls)
+}
+
 // ---- harness -------------------------------------------------------------------
 
 var testInfo = StatusInfo{
@@ -176,20 +422,33 @@ var testInfo = StatusInfo{
 type harness struct {
 	bus   *testBus
 	mgr   *fakeManager
+	peers *fakePeers
 	obj   *AgentObject
 	cli   *dbus.Conn
 	agent dbus.BusObject
 }
 
-// newHarness serves an AgentObject over a fake manager on a private bus,
-// under the real name, and connects a client.
+// newHarness serves an AgentObject over a fake manager, which is also its
+// Migrator, and a fake peer registry on a private bus, under the real
+// name, and connects a client.
 func newHarness(t *testing.T) *harness {
+	t.Helper()
+	return newHarnessMigration(t, true)
+}
+
+// newHarnessMigration is newHarness; without migration it does not call
+// SetMigration, as a daemon built without peers would not.
+func newHarnessMigration(t *testing.T, migration bool) *harness {
 	t.Helper()
 	requireRoot(t)
 	bus := startTestBus(t)
 	srv := bus.connect(t)
 	mgr := newFakeManager()
+	peers := newFakePeers()
 	obj := NewAgentObject(srv, mgr, testInfo, slog.New(slog.DiscardHandler))
+	if migration {
+		obj.SetMigration(mgr, peers)
+	}
 	if err := obj.Export(); err != nil {
 		t.Fatalf("Export: %v", err)
 	}
@@ -200,7 +459,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatalf("Claim: %v", err)
 	}
 	cli := bus.connect(t)
-	return &harness{bus: bus, mgr: mgr, obj: obj, cli: cli, agent: cli.Object(DBusName, DBusPath)}
+	return &harness{bus: bus, mgr: mgr, peers: peers, obj: obj, cli: cli, agent: cli.Object(DBusName, DBusPath)}
 }
 
 func (h *harness) call(t *testing.T, method string, args ...any) *dbus.Call {
@@ -237,6 +496,17 @@ func TestDBusErrorMapping(t *testing.T) {
 		{fmt.Errorf("%w: StartPod requires root", errAccessDenied), DBusErrAccessDenied},
 		{errors.New("criu dump: exit status 1"), DBusErrFailed},
 		{context.DeadlineExceeded, DBusErrFailed},
+		{fmt.Errorf("pod kv: %w hostb", pods.ErrMigrated), DBusErrMigrated},
+		{fmt.Errorf("migrate kv to hostb: %w: no space left", pods.ErrPeerRefused), DBusErrPeerRefused},
+		// The peer's reason may wrap a pod error; the refusal is the answer.
+		{fmt.Errorf("migrate kv to hostb: %w: %w", pods.ErrPeerRefused, pods.ErrRunning), DBusErrPeerRefused},
+		{fmt.Errorf("dial hostb: %w (is this host's certificate pinned there?)", peer.ErrRefused), DBusErrPeerRefused},
+		{fmt.Errorf("migrate kv: %w %q", peer.ErrUnknownPeer, "hostz"), DBusErrUnknownPeer},
+		{fmt.Errorf("%w in /var/lib/autopod/peer", peer.ErrNoIdentity), DBusErrNoIdentity},
+		{fmt.Errorf("%w in /var/lib/autopod/peer", peer.ErrIdentityExists), DBusErrIdentityExists},
+		{fmt.Errorf("%w: migration is not configured", errNotSupported), DBusErrNotSupported},
+		// Evacuate joins the errors of several pods.
+		{errors.Join(fmt.Errorf("a: %w", pods.ErrBusy), fmt.Errorf("b: %w", pods.ErrPeerRefused)), DBusErrPeerRefused},
 	}
 	for _, c := range cases {
 		derr := dbusError(c.err)
@@ -280,6 +550,14 @@ func TestIntrospectionComplete(t *testing.T) {
 		"Checkpoint":   "sb/st",
 		"Restore":      "s/",
 		"Status":       "/a{sv}",
+		"Migrate":      "ss/ttt",
+		"Evacuate":     "s/as",
+		"Return":       "/as",
+		"PeerInit":     "b/ss",
+		"PeerCert":     "/ss",
+		"PeerAdd":      "sss/s",
+		"PeerRemove":   "s/",
+		"ListPeers":    "/a(sss)",
 	}
 	got := map[string]string{}
 	for _, m := range methods {
@@ -357,7 +635,7 @@ func TestDBusGetPod(t *testing.T) {
 	want := map[string]any{
 		"name": "web", "state": "running", "pid": int32(4242), "address": "10.77.0.10/24",
 		"file": "/etc/autopod/pods/web.toml", "since": "2025-03-04T05:06:07Z", "restarts": int32(1),
-		"checkpoint": "", "error": "",
+		"checkpoint": "", "error": "", "home": "", "location": "",
 	}
 	if len(m) != len(want) {
 		t.Errorf("GetPod keys = %v, want %v", slices.Sorted(maps.Keys(m)), slices.Sorted(maps.Keys(want)))
@@ -627,19 +905,28 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 		}
 	}
 	want := map[string][2]string{
-		"ListPods":        {"method", "-"},
-		"ListPodsJSON":    {"method", "-"},
-		"GetPod":          {"method", "s"},
-		"GetPodJSON":      {"method", "s"},
-		"StartPod":        {"method", "s"},
-		"StopPod":         {"method", "s"},
-		"Checkpoint":      {"method", "sb"},
-		"Restore":         {"method", "s"},
-		"Status":          {"method", "-"},
-		"Version":         {"property", "s"},
-		"CriuVersion":     {"property", "s"},
-		"PodCount":        {"property", "u"},
-		"PodStateChanged": {"signal", "sss"},
+		"ListPods":          {"method", "-"},
+		"ListPodsJSON":      {"method", "-"},
+		"GetPod":            {"method", "s"},
+		"GetPodJSON":        {"method", "s"},
+		"StartPod":          {"method", "s"},
+		"StopPod":           {"method", "s"},
+		"Checkpoint":        {"method", "sb"},
+		"Restore":           {"method", "s"},
+		"Status":            {"method", "-"},
+		"Migrate":           {"method", "ss"},
+		"Evacuate":          {"method", "s"},
+		"Return":            {"method", "-"},
+		"PeerInit":          {"method", "b"},
+		"PeerCert":          {"method", "-"},
+		"PeerAdd":           {"method", "sss"},
+		"PeerRemove":        {"method", "s"},
+		"ListPeers":         {"method", "-"},
+		"Version":           {"property", "s"},
+		"CriuVersion":       {"property", "s"},
+		"PodCount":          {"property", "u"},
+		"PodStateChanged":   {"signal", "sss"},
+		"MigrationProgress": {"signal", "ssst"},
 	}
 	for name, w := range want {
 		f, ok := members[name]
@@ -681,6 +968,21 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 				t.Errorf("%s arguments %q, want %q", m.Name, got, names[m.Name])
 			}
 		}
+		sigArgs := map[string]string{}
+		for _, sig := range iface.Signals {
+			var args []string
+			for _, a := range sig.Args {
+				args = append(args, a.Type+" "+a.Name)
+			}
+			sigArgs[sig.Name] = strings.Join(args, ", ")
+		}
+		wantSigs := map[string]string{
+			"PodStateChanged":   "s name, s state, s error",
+			"MigrationProgress": "s pod, s peer, s phase, t bytes",
+		}
+		if !maps.Equal(sigArgs, wantSigs) {
+			t.Errorf("signals %v, want %v", sigArgs, wantSigs)
+		}
 		return
 	}
 	t.Errorf("no %s interface in:\n%s", DBusInterface, xmlOut)
@@ -693,11 +995,22 @@ func TestDBusNonRootCaller(t *testing.T) {
 	req := func(method string, args ...any) helperRequest {
 		return helperRequest{Dest: DBusName, Path: string(DBusPath), Method: DBusInterface + "." + method, Args: args}
 	}
+	// PeerCert is open to all; it needs an identity to answer.
+	if _, _, err := h.peers.InitIdentity(false); err != nil {
+		t.Fatal(err)
+	}
+	h.peers.calls = nil
 	mutators := []helperRequest{
 		req("StartPod", "db"),
 		req("StopPod", "web"),
 		req("Checkpoint", "web", true),
 		req("Restore", "web"),
+		req("Migrate", "web", "hostb"),
+		req("Evacuate", "hostb"),
+		req("Return"),
+		req("PeerInit", true),
+		req("PeerAdd", "hostb", "10.0.0.2", fakeCertHeader+"x\n-----END CERTIFICATE-----\n"),
+		req("PeerRemove", "hostb"),
 	}
 	readers := []helperRequest{
 		req("ListPods"),
@@ -705,6 +1018,8 @@ func TestDBusNonRootCaller(t *testing.T) {
 		req("Status"),
 		req("GetPod", "web"),
 		req("GetPodJSON", "web"),
+		req("PeerCert"),
+		req("ListPeers"),
 		{Dest: DBusName, Path: string(DBusPath), Method: "org.freedesktop.DBus.Properties.Get", Args: []any{DBusInterface, "PodCount"}},
 		{Dest: DBusName, Path: string(DBusPath), Method: "org.freedesktop.DBus.Introspectable.Introspect"},
 		{Dest: DBusName, Path: string(DBusPath), Method: "org.freedesktop.DBus.Peer.Ping"},
@@ -723,6 +1038,9 @@ func TestDBusNonRootCaller(t *testing.T) {
 	}
 	if got := h.mgr.callLog(); len(got) != 0 {
 		t.Errorf("manager was called for a non-root caller: %q", got)
+	}
+	if got := h.peers.callLog(); len(got) != 0 {
+		t.Errorf("peer registry was changed for a non-root caller: %q", got)
 	}
 	for i, r := range readers {
 		if res := results[len(mutators)+i]; res.ErrorName != "" || res.Error != "" {
@@ -832,5 +1150,443 @@ func TestDBusClose(t *testing.T) {
 	}
 	if err := h.obj.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// ---- migration and peers ------------------------------------------------------
+
+// progressSignal is one MigrationProgress as a listener saw it.
+type progressSignal struct {
+	Pod, Peer, Phase string
+	Bytes            uint64
+	seq              dbus.Sequence
+}
+
+// watchProgress subscribes the harness's client to MigrationProgress.
+func (h *harness) watchProgress(t *testing.T) chan *dbus.Signal {
+	t.Helper()
+	if err := h.cli.AddMatchSignal(dbus.WithMatchObjectPath(DBusPath), dbus.WithMatchInterface(DBusInterface),
+		dbus.WithMatchMember("MigrationProgress")); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan *dbus.Signal, 256)
+	h.cli.Signal(ch)
+	return ch
+}
+
+// readProgress reads MigrationProgress signals until until(all so far)
+// holds, and checks that each arrived before the reply whose sequence is
+// reply: a client that subscribed first sees every phase before the result.
+func readProgress(t *testing.T, ch chan *dbus.Signal, reply dbus.Sequence, until func([]progressSignal) bool) []progressSignal {
+	t.Helper()
+	var got []progressSignal
+	timeout := time.After(10 * time.Second)
+	for !until(got) {
+		select {
+		case s := <-ch:
+			if s.Name != DBusInterface+".MigrationProgress" {
+				continue
+			}
+			var p progressSignal
+			if err := dbus.Store(s.Body, &p.Pod, &p.Peer, &p.Phase, &p.Bytes); err != nil {
+				t.Fatalf("MigrationProgress%v: %v", s.Body, err)
+			}
+			p.seq = s.Sequence
+			if reply != dbus.NoSequence && p.seq > reply {
+				t.Errorf("MigrationProgress%v arrived after the reply", s.Body)
+			}
+			got = append(got, p)
+		case <-timeout:
+			t.Fatalf("MigrationProgress signals so far: %+v; want more", got)
+		}
+	}
+	return got
+}
+
+// phasesOf returns pod's phases without consecutive repeats, and checks
+// that its byte counts never go down.
+func phasesOf(t *testing.T, sigs []progressSignal, pod string) []string {
+	t.Helper()
+	var phases []string
+	var last uint64
+	for _, s := range sigs {
+		if s.Pod != pod {
+			continue
+		}
+		if s.Bytes < last {
+			t.Errorf("%s: bytes went down from %d to %d at %s", pod, last, s.Bytes, s.Phase)
+		}
+		last = s.Bytes
+		if len(phases) == 0 || phases[len(phases)-1] != s.Phase {
+			phases = append(phases, s.Phase)
+		}
+	}
+	return phases
+}
+
+// doneFor is an until for readProgress: every pod in pods reached phase.
+func doneFor(phase string, podNames ...string) func([]progressSignal) bool {
+	return func(sigs []progressSignal) bool {
+		for _, n := range podNames {
+			if !slices.ContainsFunc(sigs, func(s progressSignal) bool { return s.Pod == n && s.Phase == phase }) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func TestDBusMigrate(t *testing.T) {
+	h := newHarness(t)
+	ch := h.watchProgress(t)
+
+	call := h.call(t, "Migrate", "web", "hostb")
+	var frozen, total, size uint64
+	if err := call.Store(&frozen, &total, &size); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	if frozen != 812000 || total != 1900000 || size != 101<<20 {
+		t.Errorf("Migrate = frozen %d µs, total %d µs, %d bytes; want 812000, 1900000, %d", frozen, total, size, 101<<20)
+	}
+	sigs := readProgress(t, ch, call.ResponseSequence, doneFor(pods.PhaseDone, "web"))
+	for _, s := range sigs {
+		if s.Pod != "web" || s.Peer != "hostb" {
+			t.Errorf("MigrationProgress %+v, want pod web, peer hostb", s)
+		}
+	}
+	if got := phasesOf(t, sigs, "web"); !slices.Equal(got, wantPhases()) {
+		t.Errorf("phases %q, want %q", got, wantPhases())
+	}
+	if last := sigs[len(sigs)-1]; last.Phase != pods.PhaseDone || last.Bytes != 101<<20 {
+		t.Errorf("last MigrationProgress %+v, want done with %d bytes", last, 101<<20)
+	}
+	// Repeated reports within a phase cost at most one signal each.
+	if len(sigs) > len(fakePhases) {
+		t.Errorf("%d signals for %d reports", len(sigs), len(fakePhases))
+	}
+
+	st, err := h.mgr.Get(context.Background(), "web")
+	if err != nil || st.State != pods.StateMigrated || st.Location != "hostb" {
+		t.Errorf("web after Migrate: %+v, %v", st, err)
+	}
+	var m map[string]dbus.Variant
+	if err := h.call(t, "GetPod", "web").Store(&m); err != nil || m["state"].Value() != "migrated" || m["location"].Value() != "hostb" {
+		t.Errorf("GetPod(web) after Migrate = %v, %v", m, err)
+	}
+	if got, want := h.mgr.callLog(), []string{"Migrate web hostb"}; !slices.Equal(got, want) {
+		t.Errorf("manager calls %q, want %q", got, want)
+	}
+}
+
+func TestDBusMigrateErrors(t *testing.T) {
+	h := newHarness(t)
+	cases := []struct {
+		pod, peer, errName, msg string
+	}{
+		{"web", "ghost", DBusErrUnknownPeer, `migrate web: dial: unknown peer "ghost"`},
+		{"web", "refuser", DBusErrPeerRefused, "migrate web to refuser: peer refused the migration: criu 3.19 is older than this host's 4.1"},
+		{"db", "hostb", DBusErrNotRunning, "pod db: pod is not running"},
+		{"nope", "hostb", DBusErrNotFound, `pod "nope": no such pod`},
+		{"", "hostb", DBusErrInvalid, "invalid pod definition: pod name is empty"},
+		{"web", "", DBusErrInvalid, "invalid argument: peer name is empty"},
+		{"../web", "hostb", DBusErrInvalid, `pod name "../web" is not a file name`},
+	}
+	for _, c := range cases {
+		err := h.call(t, "Migrate", c.pod, c.peer).Err
+		wantDBusError(t, err, c.errName)
+		if !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("Migrate(%q, %q): message %q, want it to contain %q", c.pod, c.peer, err.Error(), c.msg)
+		}
+	}
+	h.mgr.setErr("web", fmt.Errorf("pod web: %w", pods.ErrBusy))
+	wantDBusError(t, h.call(t, "Migrate", "web", "hostb").Err, DBusErrBusy)
+
+	// A pod that already runs on a peer.
+	h.mgr.setErr("web", nil)
+	h.mgr.addPod(pods.Status{Name: "away", State: pods.StateMigrated, Location: "hostc"})
+	err := h.call(t, "Migrate", "away", "hostb").Err
+	wantDBusError(t, err, DBusErrMigrated)
+	if !strings.Contains(err.Error(), "pod runs on a peer hostc") {
+		t.Errorf("message %q", err)
+	}
+}
+
+// TestDBusMigrateDoesNotBlock holds a migration after its first phase:
+// its progress is already on the bus, and other calls are served.
+func TestDBusMigrateDoesNotBlock(t *testing.T) {
+	h := newHarness(t)
+	gate, started := make(chan struct{}), make(chan struct{})
+	h.mgr.mu.Lock()
+	h.mgr.migrateGate, h.mgr.migrateStarted = gate, started
+	h.mgr.mu.Unlock()
+	ch := h.watchProgress(t)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mig := h.agent.GoWithContext(ctx, DBusInterface+".Migrate", 0, make(chan *dbus.Call, 1), "web", "hostb")
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("Migrate never reached the Migrator")
+	}
+	first := readProgress(t, ch, dbus.NoSequence, doneFor(pods.PhaseOffer, "web"))
+	if first[0].Phase != pods.PhaseOffer {
+		t.Errorf("first signal %+v", first[0])
+	}
+	if err := h.call(t, "StopPod", "web").Err; err != nil { // the fake does not lock pods
+		t.Fatalf("StopPod during Migrate: %v", err)
+	}
+	var peers []PeerSummary
+	if err := h.call(t, "ListPeers").Store(&peers); err != nil {
+		t.Fatalf("ListPeers during Migrate: %v", err)
+	}
+	select {
+	case <-mig.Done:
+		t.Fatal("Migrate returned before it was released")
+	default:
+	}
+	close(gate)
+	select {
+	case c := <-mig.Done:
+		if c.Err != nil {
+			t.Fatalf("Migrate: %v", c.Err)
+		}
+		rest := readProgress(t, ch, c.ResponseSequence, doneFor(pods.PhaseDone, "web"))
+		if got := phasesOf(t, append(first, rest...), "web"); !slices.Equal(got, wantPhases()) {
+			t.Errorf("phases %q, want %q", got, wantPhases())
+		}
+	case <-ctx.Done():
+		t.Fatal("Migrate did not finish")
+	}
+}
+
+func TestDBusEvacuateAndReturn(t *testing.T) {
+	h := newHarness(t)
+	h.mgr.addPod(pods.Status{Name: "kv", State: pods.StateRunning, Pid: 99})
+	ch := h.watchProgress(t)
+
+	call := h.call(t, "Evacuate", "hostb")
+	var moved []string
+	if err := call.Store(&moved); err != nil {
+		t.Fatalf("Evacuate: %v", err)
+	}
+	if !slices.Equal(moved, []string{"kv", "web"}) {
+		t.Errorf("Evacuate = %q, want [kv web]", moved)
+	}
+	sigs := readProgress(t, ch, call.ResponseSequence, doneFor(pods.PhaseDone, "kv", "web"))
+	for _, pod := range []string{"kv", "web"} {
+		if got := phasesOf(t, sigs, pod); !slices.Equal(got, wantPhases()) {
+			t.Errorf("%s phases %q", pod, got)
+		}
+	}
+
+	// Nothing left to move: an empty array, not an error.
+	if err := h.call(t, "Evacuate", "hostb").Store(&moved); err != nil || moved == nil || len(moved) != 0 {
+		t.Errorf("second Evacuate = %q, %v; want []", moved, err)
+	}
+
+	call = h.call(t, "Return")
+	var back []string
+	if err := call.Store(&back); err != nil {
+		t.Fatalf("Return: %v", err)
+	}
+	if !slices.Equal(back, []string{"kv", "web"}) {
+		t.Errorf("Return = %q, want [kv web] (sorted)", back)
+	}
+	sigs = readProgress(t, ch, call.ResponseSequence, doneFor(pods.PhaseDone, "kv", "web"))
+	for _, s := range sigs {
+		if s.Peer != "hostb" {
+			t.Errorf("Return progress %+v, want peer hostb", s)
+		}
+	}
+	if err := h.call(t, "Return").Store(&back); err != nil || back == nil || len(back) != 0 {
+		t.Errorf("second Return = %q, %v; want []", back, err)
+	}
+	wantDBusError(t, h.call(t, "Evacuate", "").Err, DBusErrInvalid)
+	wantDBusError(t, h.call(t, "Evacuate", "ghost").Err, DBusErrUnknownPeer)
+}
+
+// TestDBusEvacuatePartial: the pods that moved are named in the error of
+// a partly failed Evacuate or Return, whose name is that of the failure.
+func TestDBusEvacuatePartial(t *testing.T) {
+	h := newHarness(t)
+	h.mgr.addPod(pods.Status{Name: "kv", State: pods.StateRunning, Pid: 99})
+	h.mgr.setErr("kv", fmt.Errorf("pod kv: %w", pods.ErrBusy))
+	err := h.call(t, "Evacuate", "hostb").Err
+	wantDBusError(t, err, DBusErrBusy)
+	if want := "evacuate to hostb (migrated: web): pod kv: pod is busy"; !strings.Contains(err.Error(), want) {
+		t.Errorf("message %q, want it to contain %q", err, want)
+	}
+
+	h.mgr.setErr("kv", nil)
+	h.mgr.addPod(pods.Status{Name: "kv", State: pods.StateMigrated, Location: "hostb"})
+	h.mgr.setErr("web", errors.New("connection reset by peer"))
+	err = h.call(t, "Return").Err
+	wantDBusError(t, err, DBusErrFailed)
+	if want := "return (returned: kv): return web from hostb: connection reset by peer"; err == nil || err.Error() != want {
+		t.Errorf("message %q, want %q", err, want)
+	}
+}
+
+func TestDBusPeers(t *testing.T) {
+	h := newHarness(t)
+	err := h.call(t, "PeerCert").Err
+	wantDBusError(t, err, DBusErrNoIdentity)
+	if !strings.Contains(err.Error(), "autopodctl peer init") {
+		t.Errorf("PeerCert without identity: %q", err)
+	}
+
+	var cert, fp string
+	if err := h.call(t, "PeerInit", false).Store(&cert, &fp); err != nil {
+		t.Fatalf("PeerInit: %v", err)
+	}
+	if !strings.HasPrefix(cert, "-----BEGIN CERTIFICATE-----\n") || fp != fakeFingerprint(cert) {
+		t.Errorf("PeerInit = %q, %q", cert, fp)
+	}
+	wantDBusError(t, h.call(t, "PeerInit", false).Err, DBusErrIdentityExists)
+	var cert2, fp2 string
+	if err := h.call(t, "PeerInit", true).Store(&cert2, &fp2); err != nil || fp2 == fp {
+		t.Errorf("PeerInit(force) = %q, %v; want a new identity", fp2, err)
+	}
+	var cert3, fp3 string
+	if err := h.call(t, "PeerCert").Store(&cert3, &fp3); err != nil || cert3 != cert2 || fp3 != fp2 {
+		t.Errorf("PeerCert = %q, %q, %v; want the forced identity", cert3, fp3, err)
+	}
+
+	var list []PeerSummary
+	if err := h.call(t, "ListPeers").Store(&list); err != nil || list == nil || len(list) != 0 {
+		t.Errorf("ListPeers with none = %v, %v", list, err)
+	}
+	certB := fakeCertHeader + "QkI=\n-----END CERTIFICATE-----\n"
+	certA := fakeCertHeader + "QUE=\n-----END CERTIFICATE-----\n"
+	var fpB string
+	if err := h.call(t, "PeerAdd", "hostb", "10.0.0.2", certB).Store(&fpB); err != nil || fpB != fakeFingerprint(certB) {
+		t.Errorf("PeerAdd hostb = %q, %v", fpB, err)
+	}
+	if err := h.call(t, "PeerAdd", "hosta", "[fd00::1]:7000", certA).Err; err != nil {
+		t.Errorf("PeerAdd hosta: %v", err)
+	}
+	if err := h.call(t, "ListPeers").Store(&list); err != nil {
+		t.Fatal(err)
+	}
+	want := []PeerSummary{
+		{Name: "hosta", Address: "[fd00::1]:7000", Fingerprint: fakeFingerprint(certA)},
+		{Name: "hostb", Address: "10.0.0.2:7781", Fingerprint: fpB},
+	}
+	if !slices.Equal(list, want) {
+		t.Errorf("ListPeers:\n got %+v\nwant %+v", list, want)
+	}
+	out, stderr, err := h.bus.busctl(t, true, "call", DBusName, string(DBusPath), DBusInterface, "ListPeers")
+	if err != nil || !strings.HasPrefix(out, `a(sss) 2 "hosta" "[fd00::1]:7000" `) {
+		t.Errorf("busctl ListPeers as nobody: %v\n%s%s", err, out, stderr)
+	}
+
+	// Arguments the agent checks, and the registry's own refusals.
+	for _, c := range []struct {
+		args    []any
+		errName string
+	}{
+		{[]any{"", "10.0.0.3", certA}, DBusErrInvalid},
+		{[]any{"hostc", "", certA}, DBusErrInvalid},
+		{[]any{"hostc", "10.0.0.3", " \n"}, DBusErrInvalid},
+		{[]any{"hostc", "10.0.0.3", strings.Repeat("A", maxCertPEM+1)}, DBusErrInvalid},
+		{[]any{"hostc", "10.0.0.3", "not a certificate"}, DBusErrFailed},
+	} {
+		wantDBusError(t, h.call(t, "PeerAdd", c.args...).Err, c.errName)
+	}
+
+	if err := h.call(t, "PeerRemove", "hostb").Err; err != nil {
+		t.Errorf("PeerRemove: %v", err)
+	}
+	err = h.call(t, "PeerRemove", "hostb").Err
+	wantDBusError(t, err, DBusErrUnknownPeer)
+	if err.Error() != `unknown peer "hostb"` {
+		t.Errorf("message %q", err)
+	}
+	wantDBusError(t, h.call(t, "PeerRemove", "").Err, DBusErrInvalid)
+	if err := h.call(t, "ListPeers").Store(&list); err != nil || len(list) != 1 || list[0].Name != "hosta" {
+		t.Errorf("ListPeers after remove = %+v, %v", list, err)
+	}
+
+	h.peers.mu.Lock()
+	h.peers.listFail = errors.New("peer store /var/lib/autopod/peers.json: unexpected end of JSON input")
+	h.peers.mu.Unlock()
+	wantDBusError(t, h.call(t, "ListPeers").Err, DBusErrFailed)
+}
+
+// TestDBusMigrationNotSupported: without SetMigration the methods exist
+// (introspection does not depend on configuration) and say why they fail.
+func TestDBusMigrationNotSupported(t *testing.T) {
+	h := newHarnessMigration(t, false)
+	for _, c := range []struct {
+		method string
+		args   []any
+		msg    string
+	}{
+		{"Migrate", []any{"web", "hostb"}, "migration is not configured"},
+		{"Evacuate", []any{"hostb"}, "migration is not configured"},
+		{"Return", nil, "migration is not configured"},
+		{"PeerInit", []any{false}, "peers are not configured"},
+		{"PeerCert", nil, "peers are not configured"},
+		{"PeerAdd", []any{"hostb", "10.0.0.2", fakeCertHeader}, "peers are not configured"},
+		{"PeerRemove", []any{"hostb"}, "peers are not configured"},
+		{"ListPeers", nil, "peers are not configured"},
+	} {
+		err := h.call(t, c.method, c.args...).Err
+		wantDBusError(t, err, DBusErrNotSupported)
+		if !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: message %q, want it to contain %q", c.method, err, c.msg)
+		}
+	}
+	if got := h.mgr.callLog(); len(got) != 0 {
+		t.Errorf("manager calls %q", got)
+	}
+}
+
+// TestProgressQueue checks, without a bus, that reports of one phase
+// waiting in the queue collapse into one, and that phase changes, other
+// pods and pod events keep their place.
+func TestProgressQueue(t *testing.T) {
+	obj := NewAgentObject(nil, newFakeManager(), testInfo, nil)
+	report := func(pod, phase string, n int64) {
+		obj.onProgress(pods.MigrationProgress{Pod: pod, Peer: "hostb", Phase: phase, Bytes: n})
+	}
+	report("kv", pods.PhaseFiles, 0)
+	report("kv", pods.PhaseFiles, 10)
+	report("kv", pods.PhaseFiles, 20)
+	report("web", pods.PhaseFiles, 5)
+	report("kv", pods.PhaseFiles, 30)
+	report("kv", pods.PhaseImages, 40)
+	obj.onEvent(pods.Event{Name: "kv", State: pods.StateMigrated})
+	report("kv", pods.PhaseImages, 50)
+
+	var got []string
+	obj.mu.Lock()
+	for _, q := range obj.queue {
+		switch {
+		case q.progress != nil:
+			got = append(got, fmt.Sprintf("%s %s %d", q.progress.Pod, q.progress.Phase, q.progress.Bytes))
+		case q.event != nil:
+			got = append(got, "event "+q.event.Name+" "+string(q.event.State))
+		}
+	}
+	obj.mu.Unlock()
+	want := []string{"kv files 20", "web files 5", "kv files 30", "kv images 40", "event kv migrated", "kv images 50"}
+	if !slices.Equal(got, want) {
+		t.Errorf("queue %q, want %q", got, want)
+	}
+
+	// After Close nothing is queued and a flush does not wait.
+	_ = obj.Close()
+	report("kv", pods.PhaseDone, 60)
+	start := time.Now()
+	obj.flush()
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("flush after Close took %v", d)
+	}
+	obj.mu.Lock()
+	defer obj.mu.Unlock()
+	if len(obj.queue) != 0 {
+		t.Errorf("%d items queued after Close", len(obj.queue))
 	}
 }

@@ -73,6 +73,82 @@ func (c cgroups) layout() (cgroupLayout, error) {
 	return l, nil
 }
 
+// controllers names the hierarchies a pod has its own cgroup in, as CRIU
+// names them: the v1 controller names, and "" for the cgroup v2 hierarchy
+// (its controller list in /proc/PID/cgroup is empty).
+func (c cgroups) controllers() []string {
+	l, err := c.layout()
+	if err != nil {
+		return nil
+	}
+	if l.unified {
+		return []string{""}
+	}
+	var out []string
+	for _, ctl := range []string{"memory", "cpu", "pids", "freezer"} {
+		if _, ok := l.v1[ctl]; ok {
+			out = append(out, ctl)
+		}
+	}
+	if l.v2dir != "" {
+		out = append(out, "")
+	}
+	return out
+}
+
+// freezerDir is the pod's cgroup that freezes it: the v1 freezer
+// hierarchy where there is one, else the v2 cgroup (cgroup.freeze).
+func (c cgroups) freezerDir(pod string) (dir string, v2 bool, err error) {
+	l, err := c.layout()
+	if err != nil {
+		return "", false, err
+	}
+	if mp, ok := l.v1["freezer"]; ok && !l.unified {
+		return filepath.Join(mp, c.name, pod), false, nil
+	}
+	if l.v2dir == "" {
+		return "", false, fmt.Errorf("no freezer for pod %s", pod)
+	}
+	return filepath.Join(l.v2dir, c.name, pod), true, nil
+}
+
+// freeze stops (or thaws) every task of the pod at once and waits until
+// the kernel reports the new state.
+func (c cgroups) freeze(pod string, frozen bool) error {
+	dir, v2, err := c.freezerDir(pod)
+	if err != nil {
+		return err
+	}
+	file, val, want := "freezer.state", "THAWED", "THAWED"
+	if frozen {
+		val, want = "FROZEN", "FROZEN"
+	}
+	if v2 {
+		file, val = "cgroup.freeze", "0"
+		if frozen {
+			val = "1"
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(val), 0); err != nil {
+		return fmt.Errorf("cgroup %s: %w", filepath.Join(dir, file), err)
+	}
+	for i := 0; i < 500; i++ {
+		if v2 {
+			b, _ := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+			if strings.Contains(string(b), "frozen "+val) {
+				return nil
+			}
+		} else if b, _ := os.ReadFile(filepath.Join(dir, file)); strings.TrimSpace(string(b)) == want {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return fmt.Errorf("pod %s did not become %s", pod, want)
+}
+
+// relPath is the pod's cgroup as a path from the hierarchy's root.
+func (c cgroups) relPath(pod string) string { return "/" + c.name + "/" + pod }
+
 // dirs lists the pod's cgroup directories, one per hierarchy.
 func (c cgroups) dirs(pod string) ([]string, error) {
 	l, err := c.layout()

@@ -157,6 +157,9 @@ type criuRequest struct {
 	Pid          int    // dump: the pod's init
 	Root         string // restore: the pod's root directory
 	LeaveRunning bool
+	// FreezeCgroup is the freezer cgroup CRIU freezes the tree with. When
+	// the cgroup is already frozen, CRIU leaves it frozen after the dump.
+	FreezeCgroup string
 	// ExtMounts maps the pod's bind mount targets to host sources; dumps
 	// use only the keys (CRIU marks them external), restores the sources.
 	ExtMounts map[string]string
@@ -165,6 +168,13 @@ type criuRequest struct {
 	Veth, Bridge string
 	// notify, when set, gets CRIU's action-script notifications.
 	notify criu.Notify
+	// CgroupRoot is where the restored tree's cgroups go ("/autopod/NAME"):
+	// the images name the cgroups of the host that dumped them.
+	CgroupRoot        string
+	CgroupControllers []string // controller names as /proc/PID/cgroup shows them
+	// postRestore runs when CRIU has restored the tree, before the tasks
+	// resume and before the network lock is lifted.
+	postRestore func() error
 }
 
 func (r criuRequest) opts(imgDir, workDir *os.File) *rpc.CriuOpts {
@@ -220,6 +230,9 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	o := r.opts(img, work)
 	o.Pid = proto.Int32(int32(r.Pid))
 	o.LeaveRunning = proto.Bool(r.LeaveRunning)
+	if r.FreezeCgroup != "" {
+		o.FreezeCgroup = proto.String(r.FreezeCgroup)
+	}
 	for target := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+target)
 	}
@@ -235,15 +248,42 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	return nil
 }
 
+// CPUInfoDump writes this host's CPU description (cpuinfo.img) into dir.
+func (c criuRunner) CPUInfoDump(ctx context.Context, dir string) error {
+	out, err := exec.CommandContext(ctx, c.path, "cpuinfo", "dump", "-D", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("criu cpuinfo dump: %w: %s", err, criuErrorLines(string(out)))
+	}
+	return nil
+}
+
+// CPUInfoCheck checks that images dumped on the CPU described in dir can
+// be restored on this host's CPU.
+func (c criuRunner) CPUInfoCheck(ctx context.Context, dir string) error {
+	out, err := exec.CommandContext(ctx, c.path, "cpuinfo", "check", "-D", dir).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("criu cpuinfo check: this CPU cannot run images from the peer's: %w: %s", err, criuErrorLines(string(out)))
+	}
+	return nil
+}
+
 // restoreNotify records the restored init's pid.
 type restoreNotify struct {
 	criu.NoNotify
 	pid   int
 	inner criu.Notify
+	post  func() error
 }
 
 func (n *restoreNotify) PostRestore(pid int32) error {
 	n.pid = int(pid)
+	// Isolation first: if anything after it fails, CRIU kills the tree
+	// and nothing it sends while dying may reach a client.
+	if n.post != nil {
+		if err := n.post(); err != nil {
+			return err
+		}
+	}
 	if n.inner != nil {
 		return n.inner.PostRestore(pid)
 	}
@@ -265,15 +305,24 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	o := r.opts(img, work)
 	o.Root = proto.String(r.Root)
 	o.RstSibling = proto.Bool(true)
+	for _, ctl := range r.CgroupControllers {
+		// Only the hierarchies the pod has its own cgroup in are remapped;
+		// the others (cpuset, devices...) stay where they were.
+		o.CgRoot = append(o.CgRoot, &rpc.CgroupRoot{Ctrl: proto.String(ctl), Path: proto.String(r.CgroupRoot)})
+	}
 	for target, src := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+src)
 	}
 	if r.Veth != "" {
-		o.External = append(o.External, "veth[eth0]:"+r.Veth+"@"+r.Bridge)
+		ext := "veth[eth0]:" + r.Veth
+		if r.Bridge != "" { // else the host end stays outside any bridge: isolated
+			ext += "@" + r.Bridge
+		}
+		o.External = append(o.External, ext)
 	}
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)
-	n := &restoreNotify{inner: r.notify}
+	n := &restoreNotify{inner: r.notify, post: r.postRestore}
 	if err := cr.Restore(o, n); err != nil {
 		return 0, c.fail("restore", r, err)
 	}

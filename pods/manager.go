@@ -36,6 +36,10 @@ type ManagerConfig struct {
 	InitBinary    string       // the autopod binary whose init stages pods run
 	StopTimeout   time.Duration
 	Log           *slog.Logger
+	// Fault, for failure tests only, is called at named steps of
+	// checkpoints and migrations (and with CRIU's notifications); an error
+	// makes that step fail. Nil in normal operation.
+	Fault func(step string) error
 }
 
 func (c *ManagerConfig) fill() error {
@@ -78,6 +82,17 @@ type persisted struct {
 	Error      string    `json:"error,omitempty"`
 	Spec       *Spec     `json:"spec,omitempty"`      // the spec the running pod was started with
 	InitHash   string    `json:"init_hash,omitempty"` // which init copy it runs
+
+	// Home is the peer this pod belongs to when it was migrated in from
+	// there ("" for the host's own pods, which are defined in PodsDir).
+	Home string `json:"home,omitempty"`
+	// Location is the peer a pod of this host was migrated to.
+	Location string `json:"location,omitempty"`
+	// Migration is set while a migration is in flight; after a crash it
+	// tells the agent how to finish or undo it.
+	Migration *migrationState `json:"migration,omitempty"`
+	// LastTxn is the last migration this host committed as the source.
+	LastTxn string `json:"last_txn,omitempty"`
 }
 
 type pod struct {
@@ -105,6 +120,9 @@ type Manager struct {
 	pods map[string]*pod
 	subs []func(Event)
 
+	dialer    PeerDialer
+	committed map[string]bool // migrations committed as the source since start
+
 	// fault, set only by tests, is handed CRIU's notifications so a test
 	// can make a real CRIU operation fail at a chosen step.
 	fault func(step string) error
@@ -121,6 +139,9 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		cg:   cgroups{mount: cfg.CgroupMount, name: cfg.CgroupName},
 		criu: criuRunner{path: cfg.CriuPath},
 		pods: map[string]*pod{},
+
+		committed: map[string]bool{},
+		fault:     cfg.Fault,
 	}
 	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "pods"), filepath.Join(cfg.StateDir, "init"), cfg.LogDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {
@@ -286,6 +307,10 @@ func (m *Manager) sync(ctx context.Context, initial bool) []error {
 			}
 			continue
 		}
+		if p.st.Migration != nil {
+			m.recoverMigration(ctx, p)
+			continue
+		}
 		switch p.st.State {
 		case StateRunning, StateStarting, StateCheckpointing, StateRestoring:
 			if m.adopt(p) {
@@ -309,9 +334,14 @@ func (m *Manager) sync(ctx context.Context, initial bool) []error {
 			}
 		}
 	}
+	if initial {
+		for _, name := range m.loadGuests(ctx) {
+			seen[name] = true
+		}
+	}
 	m.mu.Lock()
 	for name, p := range m.pods {
-		if seen[name] {
+		if seen[name] || p.st.Home != "" {
 			continue
 		}
 		if p.busy || p.st.State == StateRunning || p.st.State == StateCheckpointed {
@@ -328,6 +358,122 @@ func (m *Manager) sync(ctx context.Context, initial bool) []error {
 		}
 	}
 	return errs
+}
+
+// loadGuests re-registers the pods that peers migrated here (they have
+// state but no definition file on this host) and re-adopts them.
+func (m *Manager) loadGuests(ctx context.Context) []string {
+	ents, _ := os.ReadDir(filepath.Join(m.cfg.StateDir, "pods"))
+	var names []string
+	for _, e := range ents {
+		name := e.Name()
+		m.mu.Lock()
+		_, known := m.pods[name]
+		m.mu.Unlock()
+		if known || !e.IsDir() {
+			continue
+		}
+		st, ok := m.readPersisted(name)
+		if !ok || st.Home == "" || st.Spec == nil {
+			continue
+		}
+		p := &pod{spec: *st.Spec, st: st}
+		m.mu.Lock()
+		m.pods[name] = p
+		m.mu.Unlock()
+		names = append(names, name)
+		if st.Migration != nil {
+			m.recoverMigration(ctx, p)
+			continue
+		}
+		if !m.adopt(p) {
+			m.cfg.Log.Warn("guest pod from a peer died while the agent was away", "pod", name, "home", st.Home)
+			m.cleanup(ctx, name)
+			m.mu.Lock()
+			m.setState(p, StateFailed, "exited while the agent was not running")
+			m.mu.Unlock()
+		}
+	}
+	return names
+}
+
+// recoverMigration finishes or undoes a migration that a crash or restart
+// of the agent interrupted, so that exactly one copy of the pod lives on.
+func (m *Manager) recoverMigration(ctx context.Context, p *pod) {
+	mg := *p.st.Migration
+	name, pid := p.spec.Name, p.st.Pid
+	live := pid > 0 && alive(pid) && initCmdline(pid)
+	if live {
+		if t, err := procStartTime(pid); err != nil || t != p.st.StartTime {
+			live = false
+		}
+	}
+	log := m.cfg.Log.With("pod", name, "peer", mg.Peer, "txn", mg.Txn, "role", mg.Role, "phase", mg.Phase)
+	m.mu.Lock()
+	if live {
+		p.exited = make(chan struct{})
+	}
+	m.mu.Unlock()
+	if live {
+		go m.watch(p, pid)
+	}
+	switch {
+	case mg.Role == "out" && mg.Phase == "commit":
+		// The decision was commit: the peer owns the pod; finish here.
+		log.Info("finishing a committed migration after restart")
+		m.mu.Lock()
+		p.stopping = true
+		ch := p.exited
+		m.mu.Unlock()
+		if live {
+			m.killFrozen(name, pid, ch)
+		} else {
+			m.cleanup(ctx, name)
+		}
+		m.finishOut(p, mg.Txn, mg.Peer)
+	case mg.Role == "out":
+		// No commit decision was made: the source copy is the pod. Resume it.
+		log.Warn("undoing an interrupted outgoing migration: resuming the pod here")
+		if live {
+			if p.spec.Network.Address.IsValid() {
+				_ = setPortForwarding(ctx, hostVeth(name), true)
+			}
+			_ = releaseNetworkLock(ctx, pid)
+			if err := m.cg.freeze(name, false); err != nil {
+				log.Error("thaw pod", "err", err)
+			}
+			m.mu.Lock()
+			p.st.Migration = nil
+			m.setState(p, StateRunning, "resumed after an interrupted migration to "+mg.Peer)
+			m.mu.Unlock()
+			return
+		}
+		m.cleanup(ctx, name)
+		m.mu.Lock()
+		p.st.Migration = nil
+		m.setState(p, StateFailed, "died during an interrupted migration to "+mg.Peer)
+		m.mu.Unlock()
+	case mg.Role == "in" && mg.Phase == "restored" && live:
+		// Restored but never exposed: the source decides.
+		log.Warn("incoming migration was interrupted after restore; asking the source")
+		go m.resolveIncoming(p, mg.Txn, mg.Peer)
+	default:
+		// Incoming, not restored (or its copy died): nothing here is the pod.
+		log.Warn("dropping an interrupted incoming migration")
+		if live {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		m.cleanup(ctx, name)
+		m.mu.Lock()
+		p.st.Migration, p.st.Pid = nil, 0
+		if p.st.Home != "" {
+			delete(m.pods, name)
+			os.RemoveAll(m.podDir(name))
+		} else {
+			m.setState(p, StateMigrated, "")
+		}
+		m.mu.Unlock()
+	}
 }
 
 // adopt re-attaches to a pod whose init is still alive.
@@ -375,8 +521,9 @@ func (m *Manager) Get(ctx context.Context, name string) (Status, error) {
 
 func (m *Manager) status(p *pod) Status {
 	s := Status{Name: p.spec.Name, State: p.st.State, File: p.spec.File, Since: p.st.Since,
-		Restarts: p.st.Restarts, Checkpoint: p.st.Checkpoint, Error: p.st.Error}
-	if p.st.State == StateRunning || p.st.State == StateCheckpointing {
+		Restarts: p.st.Restarts, Checkpoint: p.st.Checkpoint, Error: p.st.Error,
+		Home: p.st.Home, Location: p.st.Location}
+	if p.st.State == StateRunning || p.st.State == StateCheckpointing || p.st.State == StateMigrating {
 		s.Pid = p.st.Pid
 	}
 	if p.spec.Network.Address.IsValid() {
@@ -879,7 +1026,7 @@ func (m *Manager) restore(ctx context.Context, s Spec, man Manifest, dir string)
 		}
 	}()
 	req := criuRequest{ImagesDir: dir, WorkDir: filepath.Join(m.podDir(s.Name), "criu-logs"), LogName: "restore.log",
-		Root: rootFS(s), ExtMounts: m.extMounts(s, man.InitHash)}
+		Root: rootFS(s), ExtMounts: m.extMounts(s, man.InitHash), CgroupRoot: m.cg.relPath(s.Name), CgroupControllers: m.cg.controllers()}
 	if s.Network.Address.IsValid() {
 		if err := m.ensureBridge(ctx, m.bridgeFor(s)); err != nil {
 			return 0, err

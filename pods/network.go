@@ -105,6 +105,21 @@ func setupNetwork(ctx context.Context, s Spec, pid int) error {
 	return nil
 }
 
+// setPortForwarding enables or disables the pod's port on its bridge. A
+// disabled port drops every frame both ways while the pod's own link stays
+// up: a migration isolates the frozen source copy and the not yet
+// committed destination copy this way. (Taking the veth down instead would
+// mark the pod's routes "linkdown" in the checkpoint, which `ip route
+// restore` then refuses.)
+func setPortForwarding(ctx context.Context, veth string, on bool) error {
+	state := "0" // disabled
+	if on {
+		state = "3" // forwarding
+	}
+	_, err := run(ctx, "bridge", "link", "set", "dev", veth, "state", state)
+	return err
+}
+
 // removeVeth deletes the host end of the pod's veth if it is still there.
 func removeVeth(ctx context.Context, pod string) error {
 	if _, err := run(ctx, "ip", "link", "show", "dev", hostVeth(pod)); err != nil {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/autopod/autopod/test/resp"
 )
 
 // The root tier: real CRIU, namespaces, cgroups, veths and redis-server.
@@ -98,7 +100,7 @@ pids = 256
 `, addr, testBridge)
 }
 
-func waitRedis(t *testing.T, addr string) *respConn {
+func waitRedis(t *testing.T, addr string) *resp.Conn {
 	t.Helper()
 	// Never send anything to an address outside the test's own bridge.
 	host, _, _ := strings.Cut(addr, ":")
@@ -108,7 +110,7 @@ func waitRedis(t *testing.T, addr string) *respConn {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {
-		c, err := dialRedis(ctx, addr)
+		c, err := resp.Dial(ctx, addr)
 		if err == nil {
 			if r, err := c.Cmd("PING"); err == nil && r == "PONG" {
 				return c
@@ -148,7 +150,7 @@ func TestRootRedisPodCheckpointRestore(t *testing.T) {
 	client := waitRedis(t, addr)
 	defer client.Close()
 	start := time.Now()
-	if err := client.fillRandom(105, 1<<20); err != nil { // 105 MiB of random values
+	if err := client.FillRandom(105, 1<<20); err != nil { // 105 MiB of random values
 		t.Fatal(err)
 	}
 	t.Logf("filled 105 MiB in %s", time.Since(start))
@@ -164,7 +166,7 @@ func TestRootRedisPodCheckpointRestore(t *testing.T) {
 	if len(pids) < 2 || pids[0] != 1 {
 		t.Fatalf("inner pids %v: want init as 1 and redis", pids)
 	}
-	localAddr := client.c.LocalAddr().String()
+	localAddr := client.C.LocalAddr().String()
 
 	res, err := m.Checkpoint(ctx, "cache", CheckpointOptions{})
 	if err != nil {
@@ -191,7 +193,7 @@ func TestRootRedisPodCheckpointRestore(t *testing.T) {
 	if r, err := client.Cmd("PING"); err != nil || r != "PONG" {
 		t.Fatalf("PING on the old connection after restore: %q %v", r, err)
 	}
-	if client.c.LocalAddr().String() != localAddr {
+	if client.C.LocalAddr().String() != localAddr {
 		t.Fatal("connection changed")
 	}
 	d2, err := client.Cmd("DEBUG", "DIGEST")

@@ -17,6 +17,8 @@ const (
 	StateRestoring     State = "restoring"     // CRIU restore in progress
 	StateFailed        State = "failed"        // exited and not restarted, or start failed
 	StateInvalid       State = "invalid"       // its file does not parse; see Error
+	StateMigrating     State = "migrating"     // being moved to or from a peer
+	StateMigrated      State = "migrated"      // this host's pod now runs on a peer (Location)
 )
 
 // Status is the externally visible view of one pod.
@@ -30,6 +32,8 @@ type Status struct {
 	Restarts   int       `json:"restarts"`
 	Checkpoint string    `json:"checkpoint,omitempty"` // newest image directory, if any
 	Error      string    `json:"error,omitempty"`      // last failure, or the parse error for invalid pods
+	Home       string    `json:"home,omitempty"`       // the peer a guest pod belongs to
+	Location   string    `json:"location,omitempty"`   // the peer this host's pod was migrated to
 }
 
 // Event reports a pod state change; the agent turns these into D-Bus signals.
@@ -58,6 +62,8 @@ var (
 	ErrRunning      = errors.New("pod is running")
 	ErrNotRunning   = errors.New("pod is not running")
 	ErrNoCheckpoint = errors.New("pod has no checkpoint")
+	ErrMigrated     = errors.New("pod runs on a peer")
+	ErrPeerRefused  = errors.New("peer refused the migration")
 	ErrBusy         = errors.New("pod is busy with another operation")
 	// ErrNotCheckpointable: this host cannot checkpoint the pod (see the message).
 	ErrNotCheckpointable = errors.New("pod cannot be checkpointed on this host")

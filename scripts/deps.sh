@@ -17,9 +17,9 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 
 APT_PKGS=(
   build-essential pkgconf git ca-certificates
-  iproute2 nftables iptables procps psmisc util-linux tar
+  iproute2 nftables iptables iputils-arping iputils-ping procps psmisc util-linux tar
   redis-server redis-tools
-  dbus dbus-bin systemd systemd-container
+  dbus dbus-bin systemd systemd-container debhelper lintian rpm debootstrap
   python3-protobuf libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libaio-dev libgnutls28-dev
   uuid-dev

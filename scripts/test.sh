@@ -23,7 +23,7 @@ tier_unit() {
 }
 tier_units() { go test -count=1 -v ./units/; }
 tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/; }
-tier_system() { need_root system && go test -count=1 -tags roottest -timeout 15m -v ./test/...; }
+tier_system() { need_root system && go test -count=1 -tags roottest -timeout 20m -v ./test/system/; }
 
 tiers=("$@")
 [ "${tiers[0]:-all}" = all ] && tiers=(unit units root system)

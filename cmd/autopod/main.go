@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -131,6 +132,29 @@ func main() {
 	}
 }
 
+// faultFromEnv reads AUTOPOD_FAULT_INJECT, a failure-test aid: "STEP"
+// makes that step of a checkpoint or migration fail, "crash:STEP" makes
+// the agent exit abruptly there, as if killed. Unset in normal operation.
+func faultFromEnv(log *slog.Logger) func(string) error {
+	spec := os.Getenv("AUTOPOD_FAULT_INJECT")
+	if spec == "" {
+		return nil
+	}
+	os.Unsetenv("AUTOPOD_FAULT_INJECT")
+	log.Warn("fault injection enabled (testing only)", "fault", spec)
+	step, crash := strings.CutPrefix(spec, "crash:")
+	return func(s string) error {
+		if s != step {
+			return nil
+		}
+		if crash {
+			log.Error("injected crash", "step", s)
+			os.Exit(3)
+		}
+		return fmt.Errorf("injected failure at %s", s)
+	}
+}
+
 // lockStateDir takes an exclusive lock on STATE_DIR/agent.lock so that two
 // agents never manage the same pods.
 func lockStateDir(dir string) (func(), error) {
@@ -199,6 +223,7 @@ func run(o options) error {
 	mgr, err := pods.NewManager(pods.ManagerConfig{
 		PodsDir: cfg.PodsDir, StateDir: cfg.StateDir, LogDir: cfg.LogDir, CriuPath: cfg.CriuPath,
 		Bridge: cfg.Bridge, BridgeAddress: cfg.BridgeAddress, CgroupName: cfg.CgroupRoot, Log: log,
+		Fault: faultFromEnv(log),
 	})
 	if err != nil {
 		return err
@@ -212,7 +237,13 @@ func run(o options) error {
 		return fmt.Errorf("connect to the system bus at %s: %w", addr, err)
 	}
 	defer conn.Close()
+	peers, err := agent.NewPeers(filepath.Join(cfg.StateDir, "peer"), log)
+	if err != nil {
+		return err
+	}
+	mgr.SetPeerDialer(peers)
 	obj := agent.NewAgentObject(conn, mgr, agent.StatusInfo{Version: version, Criu: criu}, log)
+	obj.SetMigration(mgr, peers)
 	if err := obj.Export(); err != nil {
 		return err
 	}
@@ -232,7 +263,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	go agent.ServePeers(ctx, l, version, log)
+	go peers.Serve(ctx, l, mgr.ServePeer)
 	log.Info("autopod ready", "version", version, "peer_addr", l.Addr().String(), "socket_activated", activated)
 
 	n := len(mgr.List(ctx))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/godbus/dbus/v5"
@@ -35,23 +36,51 @@ func (e *unreachableError) Unwrap() error { return e.err }
 // agentClient makes the agent's D-Bus calls and turns their replies into
 // plain Go values, so that nothing past this file sees a dbus.Variant.
 type agentClient struct {
-	addr string
-	conn *dbus.Conn
-	obj  dbus.BusObject
+	addr    string
+	conn    *dbus.Conn
+	obj     dbus.BusObject
+	signals *signalSink
 }
 
 // dialAgent connects to the bus at addr. ctx bounds the connection's whole
 // life: when it ends, godbus closes the connection and any call in flight
 // returns.
 func dialAgent(ctx context.Context, addr string) (*agentClient, error) {
-	conn, err := dbus.Connect(addr, dbus.WithContext(ctx))
+	sink := &signalSink{}
+	conn, err := dbus.Connect(addr, dbus.WithContext(ctx), dbus.WithSignalHandler(sink))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("connect to the bus at %s: %w", addr, ctx.Err())
 		}
 		return nil, &unreachableError{addr: addr, err: fmt.Errorf("cannot connect to the bus: %w", err)}
 	}
-	return &agentClient{addr: addr, conn: conn, obj: conn.Object(agentBusName, agentPath)}, nil
+	return &agentClient{addr: addr, conn: conn, obj: conn.Object(agentBusName, agentPath), signals: sink}, nil
+}
+
+// signalSink is the connection's signal handler. godbus calls
+// DeliverSignal on the goroutine that reads the connection, for each
+// message in the order it arrived, and only then looks at the next one; so
+// every signal the agent sent before a method's reply has been delivered
+// by the time the reply is. (godbus's default handler hands signals to a
+// channel from another goroutine, which loses that order.)
+type signalSink struct {
+	mu sync.Mutex
+	fn func(*dbus.Signal) // must not block; nil drops signals
+}
+
+func (s *signalSink) DeliverSignal(_, _ string, sig *dbus.Signal) {
+	s.mu.Lock()
+	fn := s.fn
+	s.mu.Unlock()
+	if fn != nil {
+		fn(sig)
+	}
+}
+
+func (s *signalSink) set(fn func(*dbus.Signal)) {
+	s.mu.Lock()
+	s.fn = fn
+	s.mu.Unlock()
 }
 
 func (c *agentClient) Close() error { return c.conn.Close() }
@@ -195,6 +224,8 @@ type podInfo struct {
 	Restarts   int32
 	Checkpoint string
 	Error      string
+	Home       string // the host a guest pod belongs to
+	Location   string // the peer this host's pod runs on
 }
 
 func (c *agentClient) getPod(ctx context.Context, name string) (podInfo, error) {
@@ -212,6 +243,8 @@ func (c *agentClient) getPod(ctx context.Context, name string) (podInfo, error) 
 		Restarts:   variantInt32(m, "restarts"),
 		Checkpoint: variantString(m, "checkpoint"),
 		Error:      variantString(m, "error"),
+		Home:       variantString(m, "home"),
+		Location:   variantString(m, "location"),
 	}, nil
 }
 
@@ -239,6 +272,196 @@ func (c *agentClient) checkpoint(ctx context.Context, name string, leaveRunning 
 // action runs one of the argument-only mutators: StartPod, StopPod, Restore.
 func (c *agentClient) action(ctx context.Context, method, name string) error {
 	return c.call(ctx, method, name).Err
+}
+
+// ---- migration ---------------------------------------------------------------
+
+// migrationProgress is one MigrationProgress signal.
+type migrationProgress struct {
+	Pod, Peer, Phase string
+	Bytes            uint64
+}
+
+// progressWatch collects the agent's MigrationProgress signals, in order,
+// for the goroutine that prints them.
+type progressWatch struct {
+	mu      sync.Mutex
+	pending []migrationProgress
+	wake    chan struct{} // capacity 1: "pending is not empty"
+}
+
+func (w *progressWatch) add(p migrationProgress) {
+	w.mu.Lock()
+	w.pending = append(w.pending, p)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *progressWatch) take() []migrationProgress {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.pending
+	w.pending = nil
+	return p
+}
+
+// watchProgress subscribes to the MigrationProgress signals of the agent
+// that owns the name now. The match rule names the agent's unique name, so
+// that no other connection can feed autopodctl progress; the call to the
+// agent's Peer.Ping first starts the agent if it is activatable.
+func (c *agentClient) watchProgress(ctx context.Context) (*progressWatch, error) {
+	if err := c.classify(ctx, c.obj.CallWithContext(ctx, "org.freedesktop.DBus.Peer.Ping", 0).Err); err != nil {
+		return nil, err
+	}
+	var owner string
+	err := c.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.GetNameOwner", 0, agentBusName).Store(&owner)
+	if err = c.classify(ctx, err); err != nil {
+		return nil, err
+	}
+	w := &progressWatch{wake: make(chan struct{}, 1)}
+	c.signals.set(func(sig *dbus.Signal) {
+		if sig.Sender != owner || sig.Path != agentPath || sig.Name != agentInterface+".MigrationProgress" {
+			return
+		}
+		var p migrationProgress
+		if dbus.Store(sig.Body, &p.Pod, &p.Peer, &p.Phase, &p.Bytes) == nil {
+			w.add(p)
+		}
+	})
+	err = c.conn.AddMatchSignalContext(ctx,
+		dbus.WithMatchSender(owner),
+		dbus.WithMatchObjectPath(agentPath),
+		dbus.WithMatchInterface(agentInterface),
+		dbus.WithMatchMember("MigrationProgress"))
+	if err = c.classify(ctx, err); err != nil {
+		return nil, fmt.Errorf("subscribe to MigrationProgress: %w", err)
+	}
+	return w, nil
+}
+
+// callWithProgress makes a call and, while it runs, passes every progress
+// report from w to show, on this goroutine. Reports the agent sent before
+// its reply are all shown before callWithProgress returns (see
+// signalSink). With a nil w it is call.
+func (c *agentClient) callWithProgress(ctx context.Context, w *progressWatch, show func(migrationProgress), method string, args ...any) *dbus.Call {
+	if w == nil {
+		return c.call(ctx, method, args...)
+	}
+	call := c.obj.GoWithContext(ctx, agentInterface+"."+method, 0, make(chan *dbus.Call, 1), args...)
+	for {
+		select {
+		case <-w.wake:
+			for _, p := range w.take() {
+				show(p)
+			}
+		case <-call.Done:
+			for _, p := range w.take() {
+				show(p)
+			}
+			call.Err = c.classify(ctx, call.Err)
+			return call
+		}
+	}
+}
+
+// migrateResult is what the migrate command reports; also its --json
+// document.
+type migrateResult struct {
+	Pod        string `json:"pod"`
+	Peer       string `json:"peer"`
+	FrozenUsec uint64 `json:"frozen_usec"`
+	TotalUsec  uint64 `json:"total_usec"`
+	Bytes      uint64 `json:"bytes"`
+}
+
+func (c *agentClient) migrate(ctx context.Context, w *progressWatch, show func(migrationProgress), name, peerName string) (migrateResult, error) {
+	res := migrateResult{Pod: name, Peer: peerName}
+	err := c.callWithProgress(ctx, w, show, "Migrate", name, peerName).Store(&res.FrozenUsec, &res.TotalUsec, &res.Bytes)
+	return res, err
+}
+
+// evacuateResult is the evacuate command's --json document.
+type evacuateResult struct {
+	Peer     string   `json:"peer"`
+	Migrated []string `json:"migrated"`
+}
+
+func (c *agentClient) evacuate(ctx context.Context, w *progressWatch, show func(migrationProgress), peerName string) (evacuateResult, error) {
+	res := evacuateResult{Peer: peerName}
+	err := c.callWithProgress(ctx, w, show, "Evacuate", peerName).Store(&res.Migrated)
+	if res.Migrated == nil {
+		res.Migrated = []string{}
+	}
+	return res, err
+}
+
+// returnResult is the return command's --json document.
+type returnResult struct {
+	Returned []string `json:"returned"`
+}
+
+func (c *agentClient) returnPods(ctx context.Context, w *progressWatch, show func(migrationProgress)) (returnResult, error) {
+	var res returnResult
+	err := c.callWithProgress(ctx, w, show, "Return").Store(&res.Returned)
+	if res.Returned == nil {
+		res.Returned = []string{}
+	}
+	return res, err
+}
+
+// ---- peers ---------------------------------------------------------------------
+
+// peerIdentity is this host's certificate; the --json document of peer
+// init and peer cert.
+type peerIdentity struct {
+	CertPEM     string `json:"cert_pem"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+func (c *agentClient) peerInit(ctx context.Context, force bool) (peerIdentity, error) {
+	var id peerIdentity
+	err := c.call(ctx, "PeerInit", force).Store(&id.CertPEM, &id.Fingerprint)
+	return id, err
+}
+
+func (c *agentClient) peerCert(ctx context.Context) (peerIdentity, error) {
+	var id peerIdentity
+	err := c.call(ctx, "PeerCert").Store(&id.CertPEM, &id.Fingerprint)
+	return id, err
+}
+
+// peerRow is one pinned peer: an element of ListPeers, the --json
+// document of peer add, and an element of peer list's.
+type peerRow struct {
+	Name        string `json:"name"`
+	Address     string `json:"address"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+func (c *agentClient) peerAdd(ctx context.Context, name, address, certPEM string) (string, error) {
+	var fp string
+	err := c.call(ctx, "PeerAdd", name, address, certPEM).Store(&fp)
+	return fp, err
+}
+
+func (c *agentClient) peerRemove(ctx context.Context, name string) error {
+	return c.call(ctx, "PeerRemove", name).Err
+}
+
+func (c *agentClient) listPeers(ctx context.Context) ([]peerRow, error) {
+	// Field order is the wire signature (sss).
+	var wire []struct{ Name, Address, Fingerprint string }
+	if err := c.call(ctx, "ListPeers").Store(&wire); err != nil {
+		return nil, err
+	}
+	rows := make([]peerRow, 0, len(wire))
+	for _, w := range wire {
+		rows = append(rows, peerRow{Name: w.Name, Address: w.Address, Fingerprint: w.Fingerprint})
+	}
+	return rows, nil
 }
 
 // variantString and variantInt32 read an a{sv} entry, tolerating absent

@@ -9,27 +9,41 @@ import (
 
 // commandSpec describes one subcommand: how it is parsed and its manual
 // page. Parsing and help come from the same table so they cannot disagree.
+//
+// A group ("peer") only gathers sub-commands, whose names are the group's
+// and a word ("peer add"); on the command line the word follows the group.
 type commandSpec struct {
-	name    string
-	aliases []string
-	args    []string // positional arguments, all required
-	long    bool     // default timeout defaultLongTimeout instead of defaultTimeout
-	flags   string   // command-specific options, as in the synopsis
-	root    bool     // the agent requires root
-	summary string   // one line, for the command list
-	desc    string   // DESCRIPTION
-	options string   // command-specific OPTIONS entries, if any
-	output  string   // OUTPUT
-	dbus    string   // the D-Bus call(s) it makes
-	example string   // EXAMPLES
+	name     string
+	aliases  []string
+	group    bool          // takes a sub-command; see above
+	args     []string      // positional arguments, all required
+	timeout  time.Duration // default timeout; 0 means defaultTimeout
+	flags    string        // command-specific options, as in the synopsis
+	accepts  []string      // names of the command-specific options it takes
+	requires []string      // those of accepts that must be given
+	root     bool          // the agent requires root
+	summary  string        // one line, for the command list
+	desc     string        // DESCRIPTION
+	options  string        // command-specific OPTIONS entries, if any
+	output   string        // OUTPUT
+	dbus     string        // the D-Bus call(s) it makes
+	example  string        // EXAMPLES
 }
 
 func (c commandSpec) synopsis() string {
+	if c.group {
+		return c.name + " SUB-COMMAND [ARG...]"
+	}
+	// Optional flags come first, as in "checkpoint [--leave-running] NAME";
+	// required ones end the sentence: "migrate NAME --to PEER".
 	parts := []string{c.name}
-	if c.flags != "" {
+	if c.flags != "" && len(c.requires) == 0 {
 		parts = append(parts, c.flags)
 	}
 	parts = append(parts, c.args...)
+	if c.flags != "" && len(c.requires) > 0 {
+		parts = append(parts, c.flags)
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -74,7 +88,8 @@ definition file does not parse (state "invalid", the parse error in the
 ERROR column). "list" is an alias.
 
 States: stopped, starting, running, checkpointing, checkpointed,
-restoring, failed, invalid.`,
+restoring, failed, invalid, migrating (being moved to or from a peer) and
+migrated (this host's pod runs on a peer; "pod NAME" says which).`,
 			output: `A table with the columns NAME STATE PID ADDRESS SINCE ERROR. SINCE is how
 long the pod has been in its state (e.g. 45s, 12m, 3h, 2d); "-" marks a
 value the pod does not have. With --json, a JSON array of pod objects with
@@ -89,10 +104,14 @@ RFC 3339, restarts, checkpoint, error), as "pod --json" prints them.`,
 			summary: "Show everything the agent knows about one pod.",
 			desc: `Shows one pod's state, the pid of its init process on the host, its
 address, its definition file, when it entered its state, how often it was
-restarted, its newest checkpoint directory and its last error.`,
-			output: `People get one "key: value" line per field. With --json, the pod object:
+restarted, its newest checkpoint directory and its last error. For a pod
+that was migrated, also the peer it runs on now (Location) or, on the
+peer, the host it belongs to (Home).`,
+			output: `People get one "key: value" line per field; Location and Home only when
+set. With --json, the pod object:
   {"name": "...", "state": "...", "pid": N, "address": "...", "file": "...",
-   "since": "RFC 3339", "restarts": N, "checkpoint": "...", "error": "..."}
+   "since": "RFC 3339", "restarts": N, "checkpoint": "...", "error": "...",
+   "home": "...", "location": "..."}
 (empty fields are left out).`,
 			dbus:    "org.autopod.Agent1.GetPod(s name) -> a{sv}\norg.autopod.Agent1.GetPodJSON(s name) -> s   (with --json)",
 			example: "autopodctl pod web\nautopodctl --json pod web | jq -r .checkpoint",
@@ -125,7 +144,8 @@ be started again; its checkpoints are kept.`,
 			name:    "checkpoint",
 			args:    []string{"NAME"},
 			flags:   "[--leave-running]",
-			long:    true,
+			accepts: []string{"leave-running"},
+			timeout: defaultLongTimeout,
 			root:    true,
 			summary: "Checkpoint a running pod with CRIU.",
 			desc: `Asks the agent to dump the running pod with CRIU into a new image
@@ -146,7 +166,7 @@ With --json: {"name": "...", "dir": "...", "bytes": N, "leave_running": B}.`,
 		{
 			name:    "restore",
 			args:    []string{"NAME"},
-			long:    true,
+			timeout: defaultLongTimeout,
 			root:    true,
 			summary: "Restore a pod from its newest checkpoint.",
 			desc: `Asks the agent to restore the pod with CRIU from its newest checkpoint.
@@ -156,6 +176,210 @@ default timeout is 5 minutes.`,
 			output:  `The pod's new state, e.g. "restored web: running, pid 5120". With --json, the pod object.`,
 			dbus:    "org.autopod.Agent1.Restore(s name)",
 			example: "sudo autopodctl restore web",
+		},
+		{
+			name:     "migrate",
+			args:     []string{"NAME"},
+			flags:    "--to PEER",
+			accepts:  []string{"to"},
+			requires: []string{"to"},
+			timeout:  defaultMigrationTimeout,
+			root:     true,
+			summary:  "Move a running pod live to a peer host.",
+			desc: `Asks the agent to move the running pod NAME to the pinned peer PEER
+without stopping it: the pod's files are copied while it still serves,
+then it is frozen, its memory (CRIU images) and the files that changed
+since are streamed to the peer, and the peer restores it. The pod keeps
+its address, which moves to the peer, and its established TCP
+connections; clients see a pause of about the "frozen" time in the
+result.
+
+The pod's copy here is destroyed only after the peer confirmed the
+restore. Any failure before that (peer unreachable or refusing, link cut,
+restore error, timeout) resumes the pod here and the command fails with
+the cause. A peer that cannot run the pod (another CRIU, missing CPU
+features or files) refuses it before anything is frozen.
+
+Afterwards the pod's state here is "migrated" and "autopodctl pod NAME"
+shows where it runs; "autopodctl return" brings it back. PEER must be
+pinned here with "peer add", and this host there.
+
+autopodctl prints each phase as the agent reports it (see OUTPUT).
+Interrupting autopodctl, or its timeout (default 30 minutes), does not
+stop the migration: the agent completes it or rolls it back; "autopodctl
+pod NAME" tells which.`,
+			options: `--to PEER
+    The pinned peer to move the pod to (required). "autopodctl peer list"
+    shows the names.`,
+			output: `One line each time the migration enters a phase, with the bytes sent so
+far, then the result: how long the pod was frozen, how long the whole
+migration took, and the bytes sent:
+  kv → hostb: offer 0 B
+  kv → hostb: files 0 B
+  kv → hostb: freeze 1.0 MiB
+  kv → hostb: dump 1.0 MiB
+  kv → hostb: images 1.0 MiB
+  kv → hostb: restore 109.3 MiB
+  kv → hostb: commit 109.3 MiB
+  kv → hostb: done 110.3 MiB
+  migrated kv to hostb: frozen 812 ms, total 1.9 s, 110.3 MiB
+Phases, in order: offer, files, freeze, dump, files-delta, images,
+restore, commit, done; rollback when a failure resumes the pod here. A
+strategy may repeat phases (pre-copy dumps in rounds). With --json, no
+progress, only the result:
+  {"pod": "kv", "peer": "hostb", "frozen_usec": N, "total_usec": N, "bytes": N}`,
+			dbus: `org.autopod.Agent1.Migrate(s name, s peer) -> (t frozen_usec, t total_usec, t bytes)
+signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)
+    (subscribed to before the call, from the agent's unique bus name)`,
+			example: "sudo autopodctl migrate kv --to hostb\nsudo autopodctl --json migrate kv --to hostb | jq '.frozen_usec / 1000'",
+		},
+		{
+			name:     "evacuate",
+			flags:    "--to PEER",
+			accepts:  []string{"to"},
+			requires: []string{"to"},
+			timeout:  defaultMigrationTimeout,
+			root:     true,
+			summary:  "Move every running pod to a peer host.",
+			desc: `Asks the agent to migrate every running pod to the pinned peer PEER, one
+after another, each as "migrate" moves one. Pods that are not running
+stay here. A pod that cannot be moved keeps running here and the others
+are still tried; the command then fails (exit status 1) with a message
+that names the pods that were moved and says why each other one was not.
+
+The default timeout of 30 minutes is for all pods together; give more
+with --timeout for many or large pods. As with migrate, the agent
+completes or rolls back every migration even if autopodctl stops
+waiting.`,
+			options: `--to PEER
+    The pinned peer to move the pods to (required).`,
+			output: `Progress lines as for migrate, pod after pod, then
+  evacuated 2 pods to hostb: kv, web
+or "evacuated no pods to hostb: none is running". With --json, no
+progress, only the result:
+  {"peer": "hostb", "migrated": ["kv", "web"]}`,
+			dbus: `org.autopod.Agent1.Evacuate(s peer) -> (as migrated)
+signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)`,
+			example: "sudo autopodctl evacuate --to hostb\nsudo autopodctl evacuate --to hostb --timeout 2h",
+		},
+		{
+			name:    "return",
+			timeout: defaultMigrationTimeout,
+			root:    true,
+			summary: "Bring this host's pods back from their peers.",
+			desc: `Asks the agent to bring home every pod of this host that runs on a peer
+(state "migrated" here): each moves back from its peer as "migrate"
+moved it away, with its address and connections. A pod that cannot come
+back keeps running on its peer and the others are still tried; the
+command then fails with a message that names the pods that came back.`,
+			output: `Progress lines as for migrate, the arrow pointing home:
+  kv ← hostb: images 104.9 MiB
+then "returned 2 pods: kv, web", or "returned no pods: none runs on a
+peer". With --json, no progress, only the result:
+  {"returned": ["kv", "web"]}`,
+			dbus: `org.autopod.Agent1.Return() -> (as returned)
+signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)`,
+			example: "sudo autopodctl return",
+		},
+		{
+			name:    "peer",
+			group:   true,
+			summary: "Manage this host's peer identity and the pinned peers.",
+			desc: `Hosts that move pods to each other are peers. They authenticate each
+other with mutual TLS on the peer port (7781 by default): every host has
+its own key and self-signed certificate ("peer init"), and pins, by
+name, the certificates of the hosts it trusts ("peer add"). Nothing is
+ever sent to, or accepted from, a host whose certificate is not pinned.
+
+Pairing two hosts, hosta (192.0.2.1) and hostb (192.0.2.2):
+  hosta# autopodctl peer init > hosta.pem
+  hostb# autopodctl peer init > hostb.pem
+  copy each file to the other host, and compare the fingerprints that
+  "peer init" printed with those "peer add" prints
+  hosta# autopodctl peer add hostb 192.0.2.2 --cert hostb.pem
+  hostb# autopodctl peer add hosta 192.0.2.1 --cert hosta.pem`,
+			example: "sudo autopodctl peer init > $(hostname).pem\nautopodctl peer list",
+		},
+		{
+			name:    "peer init",
+			flags:   "[--force]",
+			accepts: []string{"force"},
+			root:    true,
+			summary: "Create this host's peer key and certificate.",
+			desc: `Asks the agent to create this host's peer identity: an ECDSA key, which
+never leaves this host, and a self-signed certificate, which the other
+hosts pin with "peer add". Refuses if this host has an identity already,
+unless --force.`,
+			options: `--force
+    Replace an existing identity. Every peer that pinned the old
+    certificate refuses this host until it pins the new one.`,
+			output: `The certificate (PEM) on standard output, to redirect into a file for the
+other hosts, and "fingerprint: sha256:..." on standard error. With
+--json, only one document on standard output:
+  {"cert_pem": "-----BEGIN CERTIFICATE-----\n...", "fingerprint": "sha256:..."}`,
+			dbus:    "org.autopod.Agent1.PeerInit(b force) -> (s cert_pem, s fingerprint)",
+			example: "sudo autopodctl peer init > hosta.pem\nsudo autopodctl peer init --force > hosta.pem",
+		},
+		{
+			name:    "peer cert",
+			summary: "Print this host's peer certificate for other hosts to pin.",
+			desc: `Prints the certificate "peer init" created, to hand to other hosts'
+"peer add". Anyone may ask: the certificate is public, the key stays
+with the agent. Fails if "peer init" has not run.`,
+			output: `The certificate (PEM) on standard output and "fingerprint: sha256:..."
+on standard error. With --json, only: {"cert_pem": "...", "fingerprint": "..."}`,
+			dbus:    "org.autopod.Agent1.PeerCert() -> (s cert_pem, s fingerprint)",
+			example: "autopodctl peer cert > $(hostname).pem\nautopodctl --json peer cert | jq -r .fingerprint",
+		},
+		{
+			name:     "peer add",
+			args:     []string{"NAME", "ADDRESS"},
+			flags:    "--cert FILE",
+			accepts:  []string{"cert"},
+			requires: []string{"cert"},
+			root:     true,
+			summary:  "Pin a peer: its name, address and certificate.",
+			desc: `Pins the peer NAME: from then on the agent sends pods to it at ADDRESS
+and accepts pods from it, as long as it presents exactly the certificate
+in FILE. NAME is how other commands refer to the peer (1 to 63 of a-z,
+0-9, '.' and '-'). ADDRESS is HOST or HOST:PORT; HOST is an IPv4
+address, an IPv6 address in brackets ([fd00::2]:7781) or a DNS name, and
+the port defaults to 7781. autopodctl reads FILE itself and sends its
+content to the agent, so FILE need only be readable by the caller.
+
+Check the printed fingerprint against the one "peer init" printed on
+the peer: it is what the pin trusts.`,
+			options: `--cert FILE
+    The peer's certificate, as its "peer init" or "peer cert" printed it
+    (required). Only the certificate: a file holding a key is refused.`,
+			output: `"added peer hostb at 192.0.2.2:7781, fingerprint sha256:...". With --json:
+  {"name": "hostb", "address": "192.0.2.2:7781", "fingerprint": "sha256:..."}`,
+			dbus:    "org.autopod.Agent1.PeerAdd(s name, s address, s cert_pem) -> (s fingerprint)\norg.autopod.Agent1.ListPeers() -> a(sss)   (for the address as stored)",
+			example: "sudo autopodctl peer add hostb 192.0.2.2 --cert hostb.pem\nsudo autopodctl peer add hostc '[fd00::3]:7000' --cert hostc.pem",
+		},
+		{
+			name:    "peer remove",
+			aliases: []string{"peer rm"},
+			args:    []string{"NAME"},
+			root:    true,
+			summary: "Unpin a peer.",
+			desc: `Unpins the peer NAME: the agent no longer sends pods to it nor accepts
+connections from it. Pods of this host that run on it stay there; bring
+them back first with "return".`,
+			output:  `"removed peer hostb". With --json: {"name": "hostb"}`,
+			dbus:    "org.autopod.Agent1.PeerRemove(s name)",
+			example: "sudo autopodctl peer remove hostb",
+		},
+		{
+			name:    "peer list",
+			aliases: []string{"peer ls"},
+			summary: "List the pinned peers.",
+			desc:    `Lists the pinned peers, sorted by name. Anyone may ask.`,
+			output: `A table with the columns NAME ADDRESS FINGERPRINT. With --json, a JSON
+array: [{"name": "...", "address": "HOST:PORT", "fingerprint": "sha256:..."}]
+([] if none).`,
+			dbus:    "org.autopod.Agent1.ListPeers() -> a(sss)",
+			example: "autopodctl peer list\nautopodctl --json peer list | jq -r '.[].name'",
 		},
 		{
 			name:    "version",
@@ -215,17 +439,22 @@ DESCRIPTION
     autopodctl talks to the autopod agent, autopod(8), over D-Bus: the
     agent's object /org/autopod/Agent1 under the name org.autopod.Agent1 on
     the system bus. The agent runs pods, groups of processes in their own
-    namespaces, and checkpoints and restores them with CRIU so that they
-    survive kernel updates. Everything autopodctl does is one or two calls
-    of the agent's D-Bus interface, which busctl(1) and other tools can make
-    just as well; each command's help names its calls.
+    namespaces, checkpoints and restores them with CRIU so that they
+    survive kernel updates, and moves them live to peer hosts, address and
+    TCP connections included. Everything autopodctl does is one or two
+    calls of the agent's D-Bus interface, which busctl(1) and other tools
+    can make just as well; each command's help names its calls.
 
-    Anyone may query the agent. Starting, stopping, checkpointing and
-    restoring pods requires root: the agent checks the caller's uid.
+    Anyone may query the agent. Starting, stopping, checkpointing,
+    restoring and migrating pods, and managing peers, requires root: the
+    agent checks the caller's uid.
 
 COMMANDS
 `)
 	for _, c := range commandTable() {
+		if c.group {
+			continue // its sub-commands are listed
+		}
 		name := c.synopsis()
 		if len(c.aliases) > 0 {
 			name += " (" + strings.Join(c.aliases, ", ") + ")"
@@ -252,8 +481,9 @@ OPTIONS
     --timeout DURATION
         Give up waiting for the agent after DURATION (Go syntax: 30s, 10m,
         1h30m). It bounds the whole command, connecting included. Default:
-        5m for checkpoint and restore, 10s for everything else. An
-        operation that times out may still complete in the agent.
+        30m for migrate, evacuate and return, 5m for checkpoint and
+        restore, 10s for everything else. An operation that times out may
+        still complete in the agent.
 
     --bus ADDRESS
         Talk to the bus at this D-Bus address (e.g.
@@ -262,6 +492,15 @@ OPTIONS
 
     --leave-running
         checkpoint only: keep the pod running after the dump.
+
+    --to PEER
+        migrate and evacuate: the pinned peer to move pods to.
+
+    --force
+        peer init only: replace an existing identity.
+
+    --cert FILE
+        peer add only: the file holding the peer's certificate (PEM).
 
     -h, --help
         Show this help, or with a command, that command's help.
@@ -301,6 +540,12 @@ EXAMPLES
         sudo autopodctl checkpoint web
         sudo autopodctl restore web
 
+    Pair this host with hostb, move a pod there, then bring it back:
+        sudo autopodctl peer init > $(hostname).pem
+        sudo autopodctl peer add hostb 192.0.2.2 --cert hostb.pem
+        sudo autopodctl migrate kv --to hostb
+        sudo autopodctl return
+
     The same query without autopodctl:
         busctl call org.autopod.Agent1 /org/autopod/Agent1 org.autopod.Agent1 ListPods
 
@@ -317,9 +562,15 @@ func commandHelp(c commandSpec) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "NAME\n    autopodctl %s - %s\n\n", c.name, strings.TrimSuffix(lowerFirst(c.summary), "."))
 	b.WriteString("SYNOPSIS\n")
-	if c.name == "help" {
+	switch {
+	case c.name == "help":
 		b.WriteString("    autopodctl help [COMMAND]\n\n")
-	} else {
+	case c.group:
+		for _, sub := range subcommands(c.name) {
+			fmt.Fprintf(&b, "    autopodctl [OPTIONS] %s\n", sub.synopsis())
+		}
+		b.WriteString("\n")
+	default:
 		fmt.Fprintf(&b, "    autopodctl [--json] [--timeout DURATION] [--bus ADDRESS] %s\n", c.synopsis())
 		for _, a := range c.aliases {
 			fmt.Fprintf(&b, "    autopodctl [OPTIONS] %s\n", strings.Replace(c.synopsis(), c.name, a, 1))
@@ -331,14 +582,24 @@ func commandHelp(c commandSpec) string {
 		b.WriteString("\n    Requires root; the agent refuses other callers (exit status 1).\n")
 	}
 	b.WriteString("\n")
-	if c.name != "help" {
+	if c.group {
+		b.WriteString("SUB-COMMANDS\n")
+		for _, sub := range subcommands(c.name) {
+			root := ""
+			if sub.root {
+				root = " Root only."
+			}
+			fmt.Fprintf(&b, "    %s\n        %s%s\n", sub.synopsis(), sub.summary, root)
+		}
+		fmt.Fprintf(&b, "\n    \"autopodctl help %s SUB-COMMAND\" shows one in full.\n\n", c.name)
+	} else if c.name != "help" {
 		b.WriteString("OPTIONS\n")
 		if c.options != "" {
 			b.WriteString(indent(c.options, "    ") + "\n")
 		}
 		timeout := defaultTimeout
-		if c.long {
-			timeout = defaultLongTimeout
+		if c.timeout > 0 {
+			timeout = c.timeout
 		}
 		fmt.Fprintf(&b, "    --json, --bus ADDRESS: see autopodctl --help.\n"+
 			"    --timeout DURATION: how long to wait for the agent; default %s.\n\n", shortDuration(timeout))
@@ -360,6 +621,17 @@ func commandHelp(c commandSpec) string {
 	b.WriteString("EXAMPLES\n" + indent(c.example, "    ") + "\n")
 	b.WriteString("SEE ALSO\n    autopodctl --help, docs/dbus-api.md\n")
 	return b.String()
+}
+
+// subcommands returns the sub-commands of group, in table order.
+func subcommands(group string) []commandSpec {
+	var out []commandSpec
+	for _, c := range commandTable() {
+		if strings.HasPrefix(c.name, group+" ") {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func lowerFirst(s string) string {

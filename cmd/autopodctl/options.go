@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,11 +18,13 @@ const (
 )
 
 // Default deadlines for the whole command, every D-Bus call included.
-// Checkpoint and restore move a pod's whole memory through CRIU; the rest
-// are answered from the agent's memory.
+// Checkpoint and restore move a pod's whole memory through CRIU, and a
+// migration moves its memory and files over the network (an evacuation,
+// every pod's); the rest are answered from the agent's memory.
 const (
-	defaultTimeout     = 10 * time.Second
-	defaultLongTimeout = 5 * time.Minute
+	defaultTimeout          = 10 * time.Second
+	defaultLongTimeout      = 5 * time.Minute
+	defaultMigrationTimeout = 30 * time.Minute
 )
 
 // options is the parsed command line.
@@ -30,7 +33,10 @@ type options struct {
 	timeout      time.Duration // 0: the command's default
 	bus          string        // "" : DBUS_SYSTEM_BUS_ADDRESS, then the standard socket
 	leaveRunning bool
-	help         bool // -h/--help, or the help command
+	to           string // --to PEER: migrate, evacuate
+	force        bool   // peer init
+	cert         string // --cert FILE: peer add
+	help         bool   // -h/--help, or the help command
 
 	command string   // canonical command name; "" only with help
 	args    []string // positional arguments after the command
@@ -55,6 +61,15 @@ func isUsage(err error) bool {
 func parseArgs(args []string) (options, error) {
 	var opts options
 	var positional []string
+	// given records the command-specific options on the command line, in
+	// order, to check them against the command once it is known.
+	var given []string
+	set := func(name string, on bool) {
+		given = slices.DeleteFunc(given, func(g string) bool { return g == name })
+		if on {
+			given = append(given, name)
+		}
+	}
 	for i := 0; i < len(args); i++ {
 		arg := args[i]
 		if arg == "--" {
@@ -92,6 +107,20 @@ func parseArgs(args []string) (options, error) {
 			}
 		case "leave-running":
 			opts.leaveRunning, err = boolValue(name, value, hasValue)
+			set(name, opts.leaveRunning)
+		case "force":
+			opts.force, err = boolValue(name, value, hasValue)
+			set(name, opts.force)
+		case "to":
+			if opts.to, err = needValue(); err == nil && opts.to == "" {
+				err = usagef("option --to needs a peer name")
+			}
+			set(name, true)
+		case "cert":
+			if opts.cert, err = needValue(); err == nil && opts.cert == "" {
+				err = usagef("option --cert needs a file name")
+			}
+			set(name, true)
 		case "timeout":
 			var v string
 			if v, err = needValue(); err == nil {
@@ -126,19 +155,39 @@ func parseArgs(args []string) (options, error) {
 
 	if spec.name == "help" {
 		opts.help = true
-		switch len(opts.args) {
-		case 0:
+		switch {
+		case len(opts.args) == 0:
 			opts.command = ""
-		case 1:
-			topic, ok := lookupCommand(opts.args[0])
-			if !ok {
-				return options{}, usagef("no help for unknown command %q", opts.args[0])
-			}
-			opts.command, opts.args = topic.name, nil
-		default:
+			return opts, nil
+		case len(opts.args) > 2:
 			return options{}, usagef("help takes at most one command")
+		case len(opts.args) == 2:
+			// Only a group's sub-command takes two words: "help peer add".
+			if g, ok := lookupCommand(opts.args[0]); !ok || !g.group {
+				return options{}, usagef("help takes at most one command")
+			}
 		}
+		name := strings.Join(opts.args, " ")
+		topic, ok := lookupCommand(name)
+		if !ok {
+			return options{}, usagef("no help for unknown command %q", name)
+		}
+		opts.command, opts.args = topic.name, nil
 		return opts, nil
+	}
+	if spec.group {
+		// "peer add ...": the first argument picks the sub-command.
+		if len(opts.args) == 0 {
+			if opts.help {
+				return opts, nil // "autopodctl peer --help"
+			}
+			return options{}, usagef("%s needs a sub-command: %s", spec.name, strings.Join(subcommandNames(spec.name), ", "))
+		}
+		sub, ok := lookupCommand(spec.name + " " + opts.args[0])
+		if !ok {
+			return options{}, usagef("unknown %s sub-command %q (want one of: %s)", spec.name, opts.args[0], strings.Join(subcommandNames(spec.name), ", "))
+		}
+		spec, opts.command, opts.args = sub, sub.name, opts.args[1:]
 	}
 	if opts.help {
 		return opts, nil // "autopodctl start --help" needs no NAME
@@ -149,10 +198,38 @@ func parseArgs(args []string) (options, error) {
 		}
 		return options{}, usagef("usage: autopodctl %s", spec.synopsis())
 	}
-	if opts.leaveRunning && spec.name != "checkpoint" {
-		return options{}, usagef("option --leave-running applies only to checkpoint")
+	for _, name := range given {
+		if !slices.Contains(spec.accepts, name) {
+			return options{}, usagef("option --%s applies only to %s", name, strings.Join(commandsAccepting(name), " and "))
+		}
+	}
+	for _, name := range spec.requires {
+		if !slices.Contains(given, name) {
+			return options{}, usagef("%s needs option --%s (usage: autopodctl %s)", spec.name, name, spec.synopsis())
+		}
 	}
 	return opts, nil
+}
+
+// commandsAccepting names the commands that take the option name.
+func commandsAccepting(name string) []string {
+	var out []string
+	for _, c := range commandTable() {
+		if slices.Contains(c.accepts, name) {
+			out = append(out, c.name)
+		}
+	}
+	return out
+}
+
+// subcommandNames lists the sub-commands of group without the group's
+// name: "init", "cert", ...
+func subcommandNames(group string) []string {
+	var out []string
+	for _, c := range subcommands(group) {
+		out = append(out, strings.TrimPrefix(c.name, group+" "))
+	}
+	return out
 }
 
 func boolValue(name, value string, hasValue bool) (bool, error) {
@@ -183,8 +260,8 @@ func commandTimeout(opts options) time.Duration {
 	if opts.timeout > 0 {
 		return opts.timeout
 	}
-	if spec, ok := lookupCommand(opts.command); ok && spec.long {
-		return defaultLongTimeout
+	if spec, ok := lookupCommand(opts.command); ok && spec.timeout > 0 {
+		return spec.timeout
 	}
 	return defaultTimeout
 }

@@ -37,6 +37,29 @@ func TestParseArgs(t *testing.T) {
 		{[]string{"help", "list"}, options{help: true, command: "pods"}},
 		{[]string{"checkpoint", "--help"}, options{help: true, command: "checkpoint"}},
 		{[]string{"start", "-h"}, options{help: true, command: "start"}},
+		// Migration.
+		{[]string{"migrate", "kv", "--to", "hostb"}, options{command: "migrate", args: []string{"kv"}, to: "hostb"}},
+		{[]string{"--to=hostb", "migrate", "kv"}, options{command: "migrate", args: []string{"kv"}, to: "hostb"}},
+		{[]string{"evacuate", "--to", "hostb"}, options{command: "evacuate", to: "hostb"}},
+		{[]string{"return", "--json"}, options{command: "return", json: true}},
+		// The peer group and its sub-commands.
+		{[]string{"peer", "init"}, options{command: "peer init"}},
+		{[]string{"peer", "init", "--force"}, options{command: "peer init", force: true}},
+		{[]string{"--force", "peer", "init"}, options{command: "peer init", force: true}},
+		{[]string{"peer", "cert"}, options{command: "peer cert"}},
+		{[]string{"peer", "add", "hostb", "192.0.2.2", "--cert", "b.pem"}, options{command: "peer add", args: []string{"hostb", "192.0.2.2"}, cert: "b.pem"}},
+		{[]string{"peer", "--cert=b.pem", "add", "hostb", "192.0.2.2"}, options{command: "peer add", args: []string{"hostb", "192.0.2.2"}, cert: "b.pem"}},
+		{[]string{"peer", "remove", "hostb"}, options{command: "peer remove", args: []string{"hostb"}}},
+		{[]string{"peer", "rm", "hostb"}, options{command: "peer remove", args: []string{"hostb"}}},
+		{[]string{"peer", "list", "--json"}, options{command: "peer list", json: true}},
+		{[]string{"peer", "ls"}, options{command: "peer list"}},
+		{[]string{"peer", "--help"}, options{help: true, command: "peer"}},
+		{[]string{"peer", "add", "--help"}, options{help: true, command: "peer add"}},
+		{[]string{"help", "peer"}, options{help: true, command: "peer"}},
+		{[]string{"help", "peer", "add"}, options{help: true, command: "peer add"}},
+		{[]string{"help", "peer", "rm"}, options{help: true, command: "peer remove"}},
+		{[]string{"help", "peer add"}, options{help: true, command: "peer add"}},
+		{[]string{"help", "migrate"}, options{help: true, command: "migrate"}},
 	}
 	for _, c := range cases {
 		got, err := parseArgs(c.args)
@@ -46,7 +69,7 @@ func TestParseArgs(t *testing.T) {
 		}
 		if got.command != c.want.command || !slices.Equal(got.args, c.want.args) || got.json != c.want.json ||
 			got.timeout != c.want.timeout || got.bus != c.want.bus || got.leaveRunning != c.want.leaveRunning ||
-			got.help != c.want.help {
+			got.help != c.want.help || got.to != c.want.to || got.force != c.want.force || got.cert != c.want.cert {
 			t.Errorf("parseArgs(%q) = %+v, want %+v", c.args, got, c.want)
 		}
 	}
@@ -74,6 +97,25 @@ func TestParseArgsUsageErrors(t *testing.T) {
 		{[]string{"--json=maybe", "pods"}, `"maybe" is not true or false`},
 		{[]string{"help", "nope"}, `no help for unknown command "nope"`},
 		{[]string{"help", "a", "b"}, "at most one command"},
+		{[]string{"help", "peer", "add", "x"}, "at most one command"},
+		{[]string{"help", "peer", "nope"}, `no help for unknown command "peer nope"`},
+		{[]string{"migrate", "kv"}, "migrate needs option --to (usage: autopodctl migrate NAME --to PEER)"},
+		{[]string{"migrate", "--to", "hostb"}, "usage: autopodctl migrate NAME --to PEER"},
+		{[]string{"migrate", "kv", "--to"}, "option --to needs a value"},
+		{[]string{"migrate", "kv", "--to="}, "option --to needs a peer name"},
+		{[]string{"evacuate"}, "evacuate needs option --to"},
+		{[]string{"evacuate", "hostb"}, "evacuate takes no arguments"},
+		{[]string{"return", "--to", "hostb"}, "option --to applies only to migrate and evacuate"},
+		{[]string{"stop", "web", "--to", "hostb"}, "option --to applies only to migrate and evacuate"},
+		{[]string{"checkpoint", "web", "--force"}, "option --force applies only to peer init"},
+		{[]string{"pods", "--cert", "x"}, "option --cert applies only to peer add"},
+		{[]string{"peer"}, "peer needs a sub-command: init, cert, add, remove, list"},
+		{[]string{"peer", "frob"}, `unknown peer sub-command "frob" (want one of: init, cert, add, remove, list)`},
+		{[]string{"peer", "add", "hostb", "192.0.2.2"}, "peer add needs option --cert"},
+		{[]string{"peer", "add", "hostb", "--cert", "b.pem"}, "usage: autopodctl peer add NAME ADDRESS --cert FILE"},
+		{[]string{"peer", "remove"}, "usage: autopodctl peer remove NAME"},
+		{[]string{"peer", "list", "extra"}, "peer list takes no arguments"},
+		{[]string{"peer", "init", "--force=maybe"}, `"maybe" is not true or false`},
 	}
 	for _, c := range cases {
 		_, err := parseArgs(c.args)
@@ -107,6 +149,8 @@ func TestCommandTimeout(t *testing.T) {
 	for cmd, want := range map[string]time.Duration{
 		"status": 10 * time.Second, "pods": 10 * time.Second, "start": 10 * time.Second,
 		"checkpoint": 5 * time.Minute, "restore": 5 * time.Minute,
+		"migrate": 30 * time.Minute, "evacuate": 30 * time.Minute, "return": 30 * time.Minute,
+		"peer init": 10 * time.Second, "peer list": 10 * time.Second,
 	} {
 		if got := commandTimeout(options{command: cmd}); got != want {
 			t.Errorf("%s: %v, want %v", cmd, got, want)

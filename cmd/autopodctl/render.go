@@ -63,7 +63,12 @@ func renderPod(w io.Writer, p podInfo, now time.Time) error {
 		{"Restarts", fmt.Sprint(p.Restarts)},
 		{"Checkpoint", cell(p.Checkpoint)},
 		{"Error", cell(oneLine(p.Error))},
+		{"Location", p.Location}, // only for pods that were migrated
+		{"Home", p.Home},
 	} {
+		if kv[1] == "" {
+			continue
+		}
 		fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 	}
 	return tw.Flush()
@@ -112,6 +117,91 @@ func renderCheckpoint(w io.Writer, r checkpointResult) error {
 	}
 	_, err := fmt.Fprintf(w, "checkpointed %s: %s in %s%s\n", r.Name, humanBytes(r.Bytes), r.Dir, suffix)
 	return err
+}
+
+// progressPrinter prints a line each time a migration (a pod and a peer)
+// enters a phase; reports within a phase only update the byte count,
+// which the next line shows.
+type progressPrinter struct {
+	w       io.Writer
+	arrow   string               // "→" out to the peer, "←" home from it
+	current map[[2]string]string // pod, peer → phase last printed
+}
+
+func newProgressPrinter(w io.Writer, incoming bool) *progressPrinter {
+	arrow := "→"
+	if incoming {
+		arrow = "←"
+	}
+	return &progressPrinter{w: w, arrow: arrow, current: map[[2]string]string{}}
+}
+
+func (pp *progressPrinter) show(p migrationProgress) {
+	key := [2]string{p.Pod, p.Peer}
+	if pp.current[key] == p.Phase {
+		return
+	}
+	pp.current[key] = p.Phase
+	fmt.Fprintf(pp.w, "%s %s %s: %s %s\n", p.Pod, pp.arrow, p.Peer, p.Phase, humanBytes(p.Bytes))
+}
+
+func renderMigration(w io.Writer, r migrateResult) error {
+	_, err := fmt.Fprintf(w, "migrated %s to %s: frozen %s, total %s, %s\n",
+		r.Pod, r.Peer, humanDuration(r.FrozenUsec), humanDuration(r.TotalUsec), humanBytes(r.Bytes))
+	return err
+}
+
+func renderEvacuation(w io.Writer, r evacuateResult) error {
+	var err error
+	if len(r.Migrated) == 0 {
+		_, err = fmt.Fprintf(w, "evacuated no pods to %s: none is running\n", r.Peer)
+	} else {
+		_, err = fmt.Fprintf(w, "evacuated %s to %s: %s\n", podCount(len(r.Migrated)), r.Peer, strings.Join(r.Migrated, ", "))
+	}
+	return err
+}
+
+func renderReturn(w io.Writer, r returnResult) error {
+	var err error
+	if len(r.Returned) == 0 {
+		_, err = fmt.Fprintln(w, "returned no pods: none runs on a peer")
+	} else {
+		_, err = fmt.Fprintf(w, "returned %s: %s\n", podCount(len(r.Returned)), strings.Join(r.Returned, ", "))
+	}
+	return err
+}
+
+func podCount(n int) string {
+	if n == 1 {
+		return "1 pod"
+	}
+	return fmt.Sprintf("%d pods", n)
+}
+
+// renderPeers prints the pinned peers table.
+func renderPeers(w io.Writer, rows []peerRow) error {
+	tw := newTable(w)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tFINGERPRINT")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", cell(r.Name), cell(r.Address), cell(r.Fingerprint))
+	}
+	return tw.Flush()
+}
+
+// humanDuration shows a duration in microseconds as people read pauses:
+// "812 ms", "1.9 s", "2 min 5 s".
+func humanDuration(usec uint64) string {
+	d := time.Duration(min(usec, uint64(1<<63-1)/1000)) * time.Microsecond
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%d µs", usec)
+	case d.Round(time.Millisecond) < time.Second:
+		return fmt.Sprintf("%d ms", d.Round(time.Millisecond)/time.Millisecond)
+	case d.Round(100*time.Millisecond) < time.Minute:
+		return fmt.Sprintf("%.1f s", d.Round(100*time.Millisecond).Seconds())
+	}
+	d = d.Round(time.Second)
+	return fmt.Sprintf("%d min %d s", d/time.Minute, (d%time.Minute)/time.Second)
 }
 
 // relativeAge is a short, coarse age ("45s", "12m", "3h", "2d"): enough to

@@ -105,6 +105,89 @@ func TestRenderCheckpoint(t *testing.T) {
 	}
 }
 
+func TestRenderPodMigrated(t *testing.T) {
+	var b bytes.Buffer
+	_ = renderPod(&b, podInfo{Name: "kv", State: "migrated", Location: "hostb"}, testNow)
+	if !strings.HasSuffix(b.String(), "Error:       -\nLocation:    hostb\n") {
+		t.Errorf("got:\n%s", b.String())
+	}
+}
+
+func TestProgressPrinter(t *testing.T) {
+	var b bytes.Buffer
+	pp := newProgressPrinter(&b, false)
+	for _, p := range []migrationProgress{
+		{"kv", "hostb", "files", 0},
+		{"kv", "hostb", "files", 4096}, // same phase: no line
+		{"web", "hostb", "files", 0},   // another pod, interleaved
+		{"kv", "hostb", "images", 1 << 20},
+		{"kv", "hostb", "dump", 1 << 20}, // pre-copy: phases come again
+		{"kv", "hostb", "images", 104_900_000},
+		{"kv", "hostb", "images", 105_000_000},
+	} {
+		pp.show(p)
+	}
+	want := "" +
+		"kv → hostb: files 0 B\n" +
+		"web → hostb: files 0 B\n" +
+		"kv → hostb: images 1.0 MiB\n" +
+		"kv → hostb: dump 1.0 MiB\n" +
+		"kv → hostb: images 100.0 MiB\n"
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	newProgressPrinter(&b, true).show(migrationProgress{"kv", "hostb", "restore", 3 << 20})
+	if b.String() != "kv ← hostb: restore 3.0 MiB\n" {
+		t.Errorf("incoming: %q", b.String())
+	}
+}
+
+func TestRenderMigrationResults(t *testing.T) {
+	var b bytes.Buffer
+	_ = renderMigration(&b, migrateResult{Pod: "kv", Peer: "hostb", FrozenUsec: 812_345, TotalUsec: 1_903_000, Bytes: 115_657_523})
+	_ = renderEvacuation(&b, evacuateResult{Peer: "hostb", Migrated: []string{"kv"}})
+	_ = renderEvacuation(&b, evacuateResult{Peer: "hostb", Migrated: []string{}})
+	_ = renderReturn(&b, returnResult{Returned: []string{"kv", "web"}})
+	_ = renderReturn(&b, returnResult{Returned: []string{}})
+	want := "" +
+		"migrated kv to hostb: frozen 812 ms, total 1.9 s, 110.3 MiB\n" +
+		"evacuated 1 pod to hostb: kv\n" +
+		"evacuated no pods to hostb: none is running\n" +
+		"returned 2 pods: kv, web\n" +
+		"returned no pods: none runs on a peer\n"
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestRenderPeers(t *testing.T) {
+	var b bytes.Buffer
+	_ = renderPeers(&b, []peerRow{
+		{"hosta", "192.0.2.1:7781", "sha256:aa"},
+		{"hostb-long", "[fd00::2]:7000", "sha256:bb"},
+	})
+	want := "" +
+		"NAME        ADDRESS         FINGERPRINT\n" +
+		"hosta       192.0.2.1:7781  sha256:aa\n" +
+		"hostb-long  [fd00::2]:7000  sha256:bb\n"
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestHumanDuration(t *testing.T) {
+	for usec, want := range map[uint64]string{
+		0: "0 µs", 999: "999 µs", 1000: "1 ms", 812_345: "812 ms", 999_400: "999 ms", 999_600: "1.0 s",
+		1_903_000: "1.9 s", 59_940_000: "59.9 s", 59_960_000: "1 min 0 s", 125_000_000: "2 min 5 s",
+		1<<64 - 1: "153722867 min 16 s", // clamped, not wrapped
+	} {
+		if got := humanDuration(usec); got != want {
+			t.Errorf("humanDuration(%d) = %q, want %q", usec, got, want)
+		}
+	}
+}
+
 func TestRelativeAge(t *testing.T) {
 	cases := []struct {
 		ago  time.Duration
@@ -186,12 +269,26 @@ func TestHelp(t *testing.T) {
 	}
 	mainHelp := out.String()
 	for _, c := range commandTable() {
-		if !strings.Contains(mainHelp, "\n    "+c.synopsis()) {
+		// A group is listed through its sub-commands.
+		if !c.group && !strings.Contains(mainHelp, "\n    "+c.synopsis()) {
 			t.Errorf("--help does not list %s", c.name)
 		}
 		out.Reset()
-		if code := run(context.Background(), []string{"help", c.name}, noEnv, &out, &errb); code != exitOK {
+		// "help peer add" as a person types it; "help 'peer add'" works too.
+		if code := run(context.Background(), append([]string{"help"}, strings.Fields(c.name)...), noEnv, &out, &errb); code != exitOK {
 			t.Fatalf("help %s exit %d", c.name, code)
+		}
+		var quoted bytes.Buffer
+		run(context.Background(), []string{"help", c.name}, noEnv, &quoted, &errb)
+		if quoted.String() != out.String() {
+			t.Errorf("help %q differs from help %s", c.name, c.name)
+		}
+		if c.group {
+			for _, sub := range subcommands(c.name) {
+				if !strings.Contains(out.String(), "\n    "+sub.synopsis()+"\n") {
+					t.Errorf("help %s does not list %s", c.name, sub.name)
+				}
+			}
 		}
 		for _, section := range []string{"NAME", "SYNOPSIS", "DESCRIPTION", "EXAMPLES"} {
 			if !strings.Contains(out.String(), section+"\n") {
@@ -202,7 +299,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("help %s lacks EXIT STATUS", c.name)
 		}
 		var viaFlag bytes.Buffer
-		run(context.Background(), []string{c.name, "--help"}, noEnv, &viaFlag, &errb)
+		run(context.Background(), append(strings.Fields(c.name), "--help"), noEnv, &viaFlag, &errb)
 		if c.name != "help" && viaFlag.String() != out.String() {
 			t.Errorf("%s --help differs from help %s", c.name, c.name)
 		}

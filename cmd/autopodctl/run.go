@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -29,15 +30,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	timeout := commandTimeout(opts)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err = execute(ctx, opts, busAddress(opts.bus, getenv), stdout, time.Now)
+	err = execute(ctx, opts, busAddress(opts.bus, getenv), stdout, stderr, time.Now)
 	return report(stderr, err, timeout)
 }
 
-// execute runs one command against the agent at addr. now is the clock
-// for relative ages.
-func execute(ctx context.Context, opts options, addr string, w io.Writer, now func() time.Time) error {
+// execute runs one command against the agent at addr. Results go to w;
+// ew gets what is for the person but must not mix into a result that is
+// redirected (the fingerprint next to a certificate). now is the clock for
+// relative ages.
+func execute(ctx context.Context, opts options, addr string, w, ew io.Writer, now func() time.Time) error {
 	if opts.command == "version" {
 		return runVersion(ctx, opts, addr, w)
+	}
+	// Local input first: a missing file needs no agent to be reported.
+	var certPEM string
+	if opts.command == "peer add" {
+		var err error
+		if certPEM, err = readCertFile(opts.cert); err != nil {
+			return err
+		}
 	}
 	c, err := dialAgent(ctx, addr)
 	if err != nil {
@@ -97,8 +108,167 @@ func execute(ctx context.Context, opts options, addr string, w io.Writer, now fu
 			return writeJSON(w, res)
 		}
 		return renderCheckpoint(w, res)
+
+	case "migrate", "evacuate", "return":
+		return runMigration(ctx, c, opts, w)
+
+	case "peer init", "peer cert":
+		var id peerIdentity
+		if opts.command == "peer init" {
+			id, err = c.peerInit(ctx, opts.force)
+		} else {
+			id, err = c.peerCert(ctx)
+		}
+		if err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, id)
+		}
+		// The certificate alone on stdout, so that "> host.pem" is a valid
+		// file; the fingerprint, to compare out of band, on stderr.
+		if _, err := io.WriteString(w, withNewline(id.CertPEM)); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(ew, "fingerprint: %s\n", id.Fingerprint)
+		return err
+
+	case "peer add":
+		name, address := opts.args[0], opts.args[1]
+		fp, err := c.peerAdd(ctx, name, address, certPEM)
+		if err != nil {
+			return err
+		}
+		// The agent stores the address normalised (port filled in); show
+		// that one if it can be had. The peer is pinned either way.
+		row := peerRow{Name: name, Address: address, Fingerprint: fp}
+		if list, err := c.listPeers(ctx); err == nil {
+			for _, p := range list {
+				if p.Name == name {
+					row.Address = p.Address
+				}
+			}
+		}
+		if opts.json {
+			return writeJSON(w, row)
+		}
+		_, err = fmt.Fprintf(w, "added peer %s at %s, fingerprint %s\n", row.Name, row.Address, row.Fingerprint)
+		return err
+
+	case "peer remove":
+		if err := c.peerRemove(ctx, opts.args[0]); err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, map[string]string{"name": opts.args[0]})
+		}
+		_, err := fmt.Fprintf(w, "removed peer %s\n", opts.args[0])
+		return err
+
+	case "peer list":
+		rows, err := c.listPeers(ctx)
+		if err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, rows)
+		}
+		return renderPeers(w, rows)
 	}
 	return usagef("unknown command %q", opts.command)
+}
+
+// runMigration performs migrate, evacuate or return. Unless --json, it
+// subscribes to the agent's progress signals first and prints a line each
+// time a migration enters a phase, then the result.
+func runMigration(ctx context.Context, c *agentClient, opts options, w io.Writer) error {
+	var watch *progressWatch
+	show := func(migrationProgress) {}
+	if !opts.json {
+		var err error
+		if watch, err = c.watchProgress(ctx); err != nil {
+			return err
+		}
+		pp := newProgressPrinter(w, opts.command == "return")
+		switch opts.command {
+		case "migrate": // only this pod's migration, not another client's
+			show = func(p migrationProgress) {
+				if p.Pod == opts.args[0] && p.Peer == opts.to {
+					pp.show(p)
+				}
+			}
+		case "evacuate":
+			show = func(p migrationProgress) {
+				if p.Peer == opts.to {
+					pp.show(p)
+				}
+			}
+		default:
+			show = pp.show
+		}
+	}
+
+	switch opts.command {
+	case "migrate":
+		res, err := c.migrate(ctx, watch, show, opts.args[0], opts.to)
+		if err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, res)
+		}
+		return renderMigration(w, res)
+	case "evacuate":
+		res, err := c.evacuate(ctx, watch, show, opts.to)
+		if err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, res)
+		}
+		return renderEvacuation(w, res)
+	default:
+		res, err := c.returnPods(ctx, watch, show)
+		if err != nil {
+			return err
+		}
+		if opts.json {
+			return writeJSON(w, res)
+		}
+		return renderReturn(w, res)
+	}
+}
+
+// maxCertFile bounds what peer add reads: a certificate is a few KiB, and
+// the agent refuses more than 64 KiB.
+const maxCertFile = 64 << 10
+
+// readCertFile reads the certificate file for peer add. The agent checks
+// the content; this only catches what is plainly not a certificate file.
+func readCertFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read the peer's certificate: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxCertFile+1))
+	if err != nil {
+		return "", fmt.Errorf("read the peer's certificate: %w", err)
+	}
+	switch {
+	case len(data) > maxCertFile:
+		return "", fmt.Errorf("certificate file %s is larger than %d KiB; give the file the peer's \"autopodctl peer init\" or \"peer cert\" wrote", path, maxCertFile>>10)
+	case len(strings.TrimSpace(string(data))) == 0:
+		return "", fmt.Errorf("certificate file %s is empty", path)
+	}
+	return string(data), nil
+}
+
+func withNewline(s string) string {
+	if s == "" || strings.HasSuffix(s, "\n") {
+		return s
+	}
+	return s + "\n"
 }
 
 // runAction performs start, stop or restore and then shows the pod's new
@@ -211,6 +381,10 @@ func report(stderr io.Writer, err error, timeout time.Duration) int {
 	switch name := dbusErrorName(err); name {
 	case agentInterface + ".Error.AccessDenied":
 		fmt.Fprintln(stderr, "autopodctl: this command needs root; run it with sudo")
+	case agentInterface + ".Error.UnknownPeer":
+		fmt.Fprintln(stderr, "autopodctl: 'autopodctl peer list' shows the pinned peers; 'peer add' pins one")
+	case agentInterface + ".Error.IdentityExists":
+		fmt.Fprintln(stderr, "autopodctl: 'autopodctl peer cert' prints the existing certificate; --force replaces it")
 	case "org.freedesktop.DBus.Error.AccessDenied":
 		fmt.Fprintln(stderr, "autopodctl: the bus refused the call; is /usr/share/dbus-1/system.d/org.autopod.Agent1.conf installed?")
 	}

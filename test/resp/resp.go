@@ -1,4 +1,7 @@
-package pods
+// Package resp is the smallest Redis client autopod's tests need: one TCP
+// connection speaking RESP, so a test can prove that the same connection
+// survives a checkpoint or a migration.
+package resp
 
 import (
 	"bufio"
@@ -12,28 +15,31 @@ import (
 	"time"
 )
 
-// respConn is the smallest Redis client that the tests need: one TCP
-// connection speaking RESP, so a test can prove that the same connection
-// survives a checkpoint.
-type respConn struct {
-	c net.Conn
+// Conn is one RESP connection.
+type Conn struct {
+	C net.Conn
 	r *bufio.Reader
 }
 
-func dialRedis(ctx context.Context, addr string) (*respConn, error) {
+// Dial connects to a Redis server.
+func Dial(ctx context.Context, addr string) (*Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &respConn{c: c, r: bufio.NewReaderSize(c, 1<<16)}, nil
+	return New(c), nil
 }
 
-func (r *respConn) Close() error { return r.c.Close() }
+// New speaks RESP over an established connection.
+func New(c net.Conn) *Conn { return &Conn{C: c, r: bufio.NewReaderSize(c, 1<<16)} }
+
+// Close closes the connection.
+func (r *Conn) Close() error { return r.C.Close() }
 
 // Do sends one command and reads one reply (simple string, integer, bulk or error).
-func (r *respConn) Do(timeout time.Duration, args ...[]byte) (string, error) {
-	r.c.SetDeadline(time.Now().Add(timeout))
+func (r *Conn) Do(timeout time.Duration, args ...[]byte) (string, error) {
+	r.C.SetDeadline(time.Now().Add(timeout))
 	var b strings.Builder
 	fmt.Fprintf(&b, "*%d\r\n", len(args))
 	for _, a := range args {
@@ -41,7 +47,7 @@ func (r *respConn) Do(timeout time.Duration, args ...[]byte) (string, error) {
 		b.Write(a)
 		b.WriteString("\r\n")
 	}
-	if _, err := io.WriteString(r.c, b.String()); err != nil {
+	if _, err := io.WriteString(r.C, b.String()); err != nil {
 		return "", err
 	}
 	line, err := r.r.ReadString('\n')
@@ -68,7 +74,8 @@ func (r *respConn) Do(timeout time.Duration, args ...[]byte) (string, error) {
 	return "", fmt.Errorf("redis: unexpected reply %q", line)
 }
 
-func (r *respConn) Cmd(args ...string) (string, error) {
+// Cmd is Do with string arguments and a 10 s timeout.
+func (r *Conn) Cmd(args ...string) (string, error) {
 	bs := make([][]byte, len(args))
 	for i, a := range args {
 		bs[i] = []byte(a)
@@ -76,8 +83,8 @@ func (r *respConn) Cmd(args ...string) (string, error) {
 	return r.Do(10*time.Second, bs...)
 }
 
-// fillRandom stores n values of size bytes of random (incompressible) data.
-func (r *respConn) fillRandom(n, size int) error {
+// FillRandom stores n values of size bytes of random (incompressible) data.
+func (r *Conn) FillRandom(n, size int) error {
 	val := make([]byte, size)
 	for i := 0; i < n; i++ {
 		if _, err := rand.Read(val); err != nil {

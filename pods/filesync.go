@@ -1,0 +1,246 @@
+package pods
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A migration copies the pod's files — its data bind mounts and, for pods
+// with their own root, the root directory — in two passes: everything
+// while the pod still runs, then, once it is frozen, only what changed.
+
+// fileEntry describes one file-system object on the wire.
+type fileEntry struct {
+	Path    string `json:"path"` // absolute, the same on both hosts
+	Kind    string `json:"kind"` // dir, file, symlink
+	Mode    uint32 `json:"mode"` // permission bits (incl. setuid/setgid/sticky)
+	UID     int    `json:"uid"`
+	GID     int    `json:"gid"`
+	MtimeNs int64  `json:"mtime_ns"`
+	Size    int64  `json:"size,omitempty"`
+	Target  string `json:"target,omitempty"` // symlink target
+}
+
+// fileStamp is what the sender remembers to find changes in the second pass.
+type fileStamp struct {
+	size, mtime, ctime int64
+	ino                uint64
+	kind               string
+}
+
+type fileTree struct {
+	entries []fileEntry
+	stamps  map[string]fileStamp
+}
+
+// scanTree walks the roots (directories or single files).
+func scanTree(roots []string) (fileTree, error) {
+	t := fileTree{stamps: map[string]fileStamp{}}
+	for _, root := range roots {
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := os.Lstat(path)
+			if err != nil {
+				return err
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			e := fileEntry{Path: path, Mode: uint32(fi.Mode().Perm()), UID: int(st.Uid), GID: int(st.Gid),
+				MtimeNs: st.Mtim.Nano()}
+			if fi.Mode()&os.ModeSetuid != 0 {
+				e.Mode |= unix.S_ISUID
+			}
+			if fi.Mode()&os.ModeSetgid != 0 {
+				e.Mode |= unix.S_ISGID
+			}
+			if fi.Mode()&os.ModeSticky != 0 {
+				e.Mode |= unix.S_ISVTX
+			}
+			switch {
+			case fi.IsDir():
+				e.Kind = "dir"
+			case fi.Mode().IsRegular():
+				e.Kind, e.Size = "file", fi.Size()
+			case fi.Mode()&os.ModeSymlink != 0:
+				e.Kind = "symlink"
+				if e.Target, err = os.Readlink(path); err != nil {
+					return err
+				}
+			default:
+				return nil // sockets, fifos, devices: recreated by the pod, not copied
+			}
+			t.entries = append(t.entries, e)
+			t.stamps[path] = fileStamp{size: fi.Size(), mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), ino: st.Ino, kind: e.Kind}
+			return nil
+		})
+		if err != nil {
+			return t, fmt.Errorf("scan %s: %w", root, err)
+		}
+	}
+	return t, nil
+}
+
+// changedSince returns the entries of t that are new or changed compared
+// with old, and the paths of old that are gone.
+func (t fileTree) changedSince(old fileTree) (changed []fileEntry, deleted []string) {
+	for _, e := range t.entries {
+		if s, ok := old.stamps[e.Path]; !ok || s != t.stamps[e.Path] {
+			changed = append(changed, e)
+		}
+	}
+	for p := range old.stamps {
+		if _, ok := t.stamps[p]; !ok {
+			deleted = append(deleted, p)
+		}
+	}
+	// Children before parents, so a removed directory is empty by then.
+	sort.Sort(sort.Reverse(sort.StringSlice(deleted)))
+	return changed, deleted
+}
+
+// filesMsg announces one pass; each "file" entry is followed by its stream.
+type filesMsg struct {
+	Entries []fileEntry `json:"entries"`
+	Deleted []string    `json:"deleted,omitempty"`
+}
+
+func sendFiles(c MigrationConn, entries []fileEntry, deleted []string) (int64, error) {
+	if err := c.Send("files", filesMsg{Entries: entries, Deleted: deleted}); err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, e := range entries {
+		if e.Kind != "file" {
+			continue
+		}
+		f, err := os.Open(e.Path)
+		if err != nil {
+			return total, err
+		}
+		n, _, err := c.SendStream(io.LimitReader(f, e.Size))
+		f.Close()
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("send %s: %w", e.Path, err)
+		}
+	}
+	return total, nil
+}
+
+// within reports whether path is one of roots or below one.
+func within(path string, roots []string) bool {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path {
+		return false
+	}
+	for _, r := range roots {
+		if path == r || strings.HasPrefix(path, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// recvFiles applies one pass sent by sendFiles, refusing any path outside
+// roots (the pod's declared data and root directories).
+func recvFiles(c MigrationConn, roots []string) (int64, error) {
+	var msg filesMsg
+	if err := c.Expect("files", &msg); err != nil {
+		return 0, err
+	}
+	for _, p := range msg.Deleted {
+		if !within(p, roots) {
+			return 0, fmt.Errorf("peer asked to delete %s, outside the pod's directories", p)
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return 0, err
+		}
+	}
+	var total int64
+	var dirs []fileEntry
+	for _, e := range msg.Entries {
+		if !within(e.Path, roots) {
+			return total, fmt.Errorf("peer sent %s, outside the pod's directories", e.Path)
+		}
+		switch e.Kind {
+		case "dir":
+			if err := os.MkdirAll(e.Path, 0o755); err != nil {
+				return total, err
+			}
+			dirs = append(dirs, e) // metadata after the contents are written
+		case "symlink":
+			os.Remove(e.Path)
+			if err := os.MkdirAll(filepath.Dir(e.Path), 0o755); err != nil {
+				return total, err
+			}
+			if err := os.Symlink(e.Target, e.Path); err != nil {
+				return total, err
+			}
+			_ = os.Lchown(e.Path, e.UID, e.GID)
+		case "file":
+			n, err := recvFile(c, e)
+			total += n
+			if err != nil {
+				return total, fmt.Errorf("receive %s: %w", e.Path, err)
+			}
+		default:
+			return total, fmt.Errorf("peer sent %s of unknown kind %q", e.Path, e.Kind)
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := setMeta(dirs[i]); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func recvFile(c MigrationConn, e fileEntry) (int64, error) {
+	dir := filepath.Dir(e.Path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	f, err := os.CreateTemp(dir, ".autopod-recv-*")
+	if err != nil {
+		return 0, err
+	}
+	n, _, err := c.RecvStream(f)
+	if err == nil && n != e.Size {
+		err = fmt.Errorf("got %d bytes, announced %d", n, e.Size)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), e.Path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return n, err
+	}
+	return n, setMeta(e)
+}
+
+func setMeta(e fileEntry) error {
+	if err := os.Lchown(e.Path, e.UID, e.GID); err != nil {
+		return err
+	}
+	if err := unix.Chmod(e.Path, e.Mode); err != nil {
+		return err
+	}
+	t := time.Unix(0, e.MtimeNs)
+	if err := os.Chtimes(e.Path, t, t); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}

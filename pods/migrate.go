@@ -1,0 +1,929 @@
+package pods
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// MigrationConn is an authenticated, framed connection to one peer (the
+// peer package's *Conn). Control messages are JSON; streams carry bytes
+// with a checksum the receiver verifies.
+type MigrationConn interface {
+	PeerName() string
+	Send(msgType string, body any) error
+	Recv() (string, json.RawMessage, error)
+	Expect(msgType string, body any) error
+	SendError(err error) error
+	SendStream(r io.Reader) (int64, string, error)
+	RecvStream(w io.Writer) (int64, string, error)
+	SetDeadline(t time.Time) error
+	Close() error
+}
+
+// ErrRemote wraps an error that the peer reported over the connection
+// (as opposed to the connection failing); MigrationConn implementations
+// return errors that match it with errors.Is.
+var ErrRemote = errors.New("peer reported")
+
+// PeerDialer opens a MigrationConn to a pinned peer by name.
+type PeerDialer interface {
+	DialPeer(ctx context.Context, name string) (MigrationConn, error)
+}
+
+// SetPeerDialer lets the manager reach peers (Migrate, Return, and the
+// recovery of migrations interrupted by a crash).
+func (m *Manager) SetPeerDialer(d PeerDialer) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dialer = d
+}
+
+func (m *Manager) peerDialer() (PeerDialer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.dialer == nil {
+		return nil, errors.New("no peer transport configured")
+	}
+	return m.dialer, nil
+}
+
+// migrationState is persisted while a migration is in flight. The source
+// is the coordinator of a two-phase commit: its durable decision
+// ("commit", written before it destroys its copy) is the truth that the
+// destination asks for if the connection breaks, so that at no moment two
+// copies of the pod answer on its address and no pod is lost.
+type migrationState struct {
+	Txn   string `json:"txn"`
+	Peer  string `json:"peer"`
+	Role  string `json:"role"`  // "out" (this host is the source) or "in"
+	Phase string `json:"phase"` // out: "transfer", "commit"; in: "transfer", "restored"
+}
+
+// Migration phases reported to progress callbacks.
+const (
+	PhaseOffer    = "offer"
+	PhaseFiles    = "files"
+	PhaseFreeze   = "freeze"
+	PhaseDump     = "dump"
+	PhaseDelta    = "files-delta"
+	PhaseImages   = "images"
+	PhaseRestore  = "restore"
+	PhaseCommit   = "commit"
+	PhaseDone     = "done"
+	PhaseRollback = "rollback"
+)
+
+// MigrationProgress is one step of a migration as it happens.
+type MigrationProgress struct {
+	Pod   string `json:"pod"`
+	Peer  string `json:"peer"`
+	Phase string `json:"phase"`
+	Bytes int64  `json:"bytes"` // sent so far
+}
+
+// MigrationResult describes a finished migration.
+type MigrationResult struct {
+	Pod        string        `json:"pod"`
+	Peer       string        `json:"peer"`
+	FileBytes  int64         `json:"file_bytes"`
+	ImageBytes int64         `json:"image_bytes"`
+	Frozen     time.Duration `json:"frozen_ns"` // from isolating the pod to its exposure on the peer
+	Total      time.Duration `json:"total_ns"`
+}
+
+// wire messages
+type migrateOffer struct {
+	Txn         string   `json:"txn"`
+	Pod         Spec     `json:"pod"`
+	InitHash    string   `json:"init_hash"`
+	CriuVersion string   `json:"criu_version"`
+	Kernel      string   `json:"kernel"`
+	Roots       []string `json:"roots"` // directories and files copied with the pod
+}
+type migrateAccept struct {
+	NeedInit bool `json:"need_init"`
+}
+type imagesMsg struct {
+	Files []ImageFile `json:"files"`
+}
+type restoredMsg struct {
+	Pid int `json:"pid"` // host pid on the destination
+}
+type podRef struct {
+	Pod string `json:"pod"`
+}
+type txnRef struct {
+	Txn string `json:"txn"`
+}
+type txnDecision struct {
+	Decision string `json:"decision"` // "commit" or "abort"
+}
+
+// syncRoots lists what a pod needs besides its memory: its data bind
+// mounts and, for a pod with its own root, that directory.
+func syncRoots(s Spec) []string {
+	var roots []string
+	if s.Root.Mode == RootDir {
+		roots = append(roots, s.Root.Path)
+	}
+	for _, b := range s.Mounts {
+		roots = append(roots, b.Source)
+	}
+	return roots
+}
+
+func newTxn() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func kernelRelease() string {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	return unix.ByteSliceToString(uts.Release[:])
+}
+
+// Migrate moves a running pod to the named peer: the pod keeps its
+// address, memory and TCP connections. Until the peer confirms a restore,
+// any failure resumes the pod here.
+func (m *Manager) Migrate(ctx context.Context, name, peer string, progress func(MigrationProgress)) (MigrationResult, error) {
+	p, err := m.claim(name, StateRunning)
+	if err != nil {
+		return MigrationResult{}, err
+	}
+	defer m.release(p)
+	d, err := m.peerDialer()
+	if err != nil {
+		return MigrationResult{}, err
+	}
+	conn, err := d.DialPeer(ctx, peer)
+	if err != nil {
+		return MigrationResult{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
+	defer conn.Close()
+	return m.migrateOut(ctx, p, conn, progress)
+}
+
+// Evacuate migrates every running pod to peer, one after another, and
+// returns the first error after trying them all.
+func (m *Manager) Evacuate(ctx context.Context, peer string, progress func(MigrationProgress)) ([]MigrationResult, error) {
+	var names []string
+	for _, s := range m.List(ctx) {
+		if s.State == StateRunning {
+			names = append(names, s.Name)
+		}
+	}
+	var res []MigrationResult
+	var errs []error
+	for _, n := range names {
+		r, err := m.Migrate(ctx, n, peer, progress)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res = append(res, r)
+	}
+	return res, errors.Join(errs...)
+}
+
+// Return brings this host's migrated pods back from the peers they run on.
+func (m *Manager) Return(ctx context.Context, progress func(MigrationProgress)) ([]string, error) {
+	type away struct{ name, peer string }
+	var pods []away
+	m.mu.Lock()
+	for _, p := range m.pods {
+		if p.st.State == StateMigrated && p.st.Location != "" {
+			pods = append(pods, away{p.spec.Name, p.st.Location})
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(pods, func(i, j int) bool { return pods[i].name < pods[j].name })
+	d, err := m.peerDialer()
+	if err != nil && len(pods) > 0 {
+		return nil, err
+	}
+	var back []string
+	var errs []error
+	for _, a := range pods {
+		err := func() error {
+			conn, err := d.DialPeer(ctx, a.peer)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			if err := conn.Send("return-request", podRef{Pod: a.name}); err != nil {
+				return err
+			}
+			var offer migrateOffer
+			if err := conn.Expect("migrate-offer", &offer); err != nil {
+				return err
+			}
+			return m.migrateIn(ctx, conn, offer, progress)
+		}()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("return %s from %s: %w", a.name, a.peer, err))
+			continue
+		}
+		back = append(back, a.name)
+	}
+	return back, errors.Join(errs...)
+}
+
+// ServePeer handles one authenticated connection from a peer.
+func (m *Manager) ServePeer(ctx context.Context, conn MigrationConn) error {
+	typ, body, err := conn.Recv()
+	if err != nil {
+		return err
+	}
+	switch typ {
+	case "migrate-offer":
+		var offer migrateOffer
+		if err := json.Unmarshal(body, &offer); err != nil {
+			return err
+		}
+		return m.migrateIn(ctx, conn, offer, nil)
+	case "return-request":
+		var ref podRef
+		if err := json.Unmarshal(body, &ref); err != nil {
+			return err
+		}
+		p, err := m.claim(ref.Pod, StateRunning)
+		if err == nil && p.st.Home != conn.PeerName() {
+			m.release(p)
+			err = fmt.Errorf("pod %s does not belong to %s", ref.Pod, conn.PeerName())
+		}
+		if err != nil {
+			conn.SendError(err)
+			return err
+		}
+		defer m.release(p)
+		_, err = m.migrateOut(ctx, p, conn, nil)
+		return err
+	case "txn-status":
+		var ref txnRef
+		if err := json.Unmarshal(body, &ref); err != nil {
+			return err
+		}
+		return conn.Send("txn-decision", txnDecision{Decision: m.decision(ref.Txn, conn.PeerName())})
+	}
+	err = fmt.Errorf("unexpected peer request %q", typ)
+	conn.SendError(err)
+	return err
+}
+
+// decision answers a destination asking how a migration it took part in
+// ended: "commit" only if this source durably decided so.
+func (m *Manager) decision(txn, peer string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.pods {
+		if mg := p.st.Migration; mg != nil && mg.Txn == txn && mg.Role == "out" && mg.Peer == peer {
+			if mg.Phase == "commit" {
+				return "commit"
+			}
+			return "abort"
+		}
+		if p.st.LastTxn == txn && p.st.State == StateMigrated {
+			return "commit"
+		}
+	}
+	if m.committed[txn] {
+		return "commit"
+	}
+	return "abort"
+}
+
+// migrateOut runs the source side on conn. p is claimed by the caller.
+func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, progress func(MigrationProgress)) (res MigrationResult, err error) {
+	start := time.Now()
+	m.mu.Lock()
+	s, pid, initHash := p.spec, p.st.Pid, p.st.InitHash
+	m.mu.Unlock()
+	peer := conn.PeerName()
+	res.Pod, res.Peer = s.Name, peer
+	var sent int64
+	report := func(phase string) {
+		m.cfg.Log.Debug("migration phase", "pod", s.Name, "peer", peer, "phase", phase, "bytes", sent, "elapsed", time.Since(start))
+		if progress != nil {
+			progress(MigrationProgress{Pod: s.Name, Peer: peer, Phase: phase, Bytes: sent})
+		}
+	}
+	if err := checkpointable(s); err != nil {
+		conn.SendError(err)
+		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
+	}
+	work, err := os.MkdirTemp(migrationTmp(), "autopod-out-"+s.Name+"-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(work)
+	txn := newTxn()
+
+	// 1. Offer, with everything the peer needs to refuse before anything
+	// is frozen: CRIU version, CPU, the pod's files.
+	report(PhaseOffer)
+	cpuDir := filepath.Join(work, "cpuinfo")
+	os.Mkdir(cpuDir, 0o700)
+	if err := m.criu.CPUInfoDump(ctx, cpuDir); err != nil {
+		conn.SendError(err)
+		return res, err
+	}
+	roots := syncRoots(s)
+	offer := migrateOffer{Txn: txn, Pod: s, InitHash: initHash, CriuVersion: m.criuVersion, Kernel: kernelRelease(), Roots: roots}
+	if err := conn.Send("migrate-offer", offer); err != nil {
+		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
+	}
+	if err := sendFile(conn, filepath.Join(cpuDir, "cpuinfo.img")); err != nil {
+		return res, fmt.Errorf("migrate %s: send cpuinfo: %w", s.Name, err)
+	}
+	var acc migrateAccept
+	if err := conn.Expect("migrate-accept", &acc); err != nil {
+		return res, fmt.Errorf("migrate %s to %s: %w: %w", s.Name, peer, ErrPeerRefused, err)
+	}
+	if acc.NeedInit {
+		if err := sendFile(conn, m.initPath(initHash)); err != nil {
+			return res, fmt.Errorf("migrate %s: send init: %w", s.Name, err)
+		}
+	}
+
+	m.mu.Lock()
+	p.st.Migration = &migrationState{Txn: txn, Peer: peer, Role: "out", Phase: "transfer"}
+	m.setState(p, StateMigrating, "")
+	m.mu.Unlock()
+
+	frozen := false
+	var freezeAt time.Time
+	hasNet := s.Network.Address.IsValid()
+	rollback := func(cause error) (MigrationResult, error) {
+		report(PhaseRollback)
+		conn.SendError(cause)
+		if hasNet {
+			if err := setPortForwarding(context.Background(), hostVeth(s.Name), true); err != nil {
+				cause = errors.Join(cause, err)
+			}
+		}
+		if frozen {
+			_ = releaseNetworkLock(context.Background(), pid)
+			if err := m.cg.freeze(s.Name, false); err != nil {
+				cause = errors.Join(cause, err)
+			}
+		}
+		m.mu.Lock()
+		p.st.Migration = nil
+		m.setState(p, StateRunning, "migration to "+peer+" failed: "+firstLine(cause.Error()))
+		m.mu.Unlock()
+		m.cfg.Log.Error("migration failed; pod resumed here", "pod", s.Name, "peer", peer, "err", cause)
+		return res, fmt.Errorf("migrate %s to %s: %w", s.Name, peer, cause)
+	}
+
+	// 2. Copy the pod's files while it runs.
+	report(PhaseFiles)
+	tree1, err := scanTree(roots)
+	if err != nil {
+		return rollback(err)
+	}
+	n, err := sendFiles(conn, tree1.entries, nil)
+	sent += n
+	res.FileBytes += n
+	if err == nil {
+		err = conn.Expect("files-ok", nil)
+	}
+	if err != nil {
+		return rollback(err)
+	}
+
+	// 3. Freeze: cut the pod off the network, dump it, leave it stopped.
+	report(PhaseFreeze)
+	freezeAt = time.Now()
+	frozen = true
+	if hasNet {
+		if err := setPortForwarding(ctx, hostVeth(s.Name), false); err != nil {
+			return rollback(err)
+		}
+	}
+	imgDir := filepath.Join(work, "images")
+	os.Mkdir(imgDir, 0o700)
+	workDir := filepath.Join(m.podDir(s.Name), "criu-logs")
+	os.MkdirAll(workDir, 0o700)
+	// Frozen through its cgroup, the pod stays frozen after a dump that
+	// leaves it "running": CRIU then hands its TCP sockets back to the
+	// kernel intact, so that a rollback simply thaws it.
+	if err := m.cg.freeze(s.Name, true); err != nil {
+		return rollback(err)
+	}
+	fdir, _, _ := m.cg.freezerDir(s.Name)
+	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
+		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash)}
+	if m.fault != nil {
+		req.notify = faultNotify{fault: m.fault}
+	}
+	report(PhaseDump)
+	if err := m.criu.Dump(ctx, req); err != nil {
+		return rollback(err)
+	}
+	if err := m.faultAt("after-dump"); err != nil {
+		return rollback(err)
+	}
+
+	// 4. What changed in the pod's files since the first pass.
+	report(PhaseDelta)
+	tree2, err := scanTree(roots)
+	if err != nil {
+		return rollback(err)
+	}
+	changed, deleted := tree2.changedSince(tree1)
+	n, err = sendFiles(conn, changed, deleted)
+	sent += n
+	res.FileBytes += n
+	if err == nil {
+		err = conn.Expect("files-ok", nil)
+	}
+	if err != nil {
+		return rollback(err)
+	}
+
+	// 5. The images, each streamed with its checksum.
+	report(PhaseImages)
+	files, _, err := scanImages(imgDir)
+	if err != nil {
+		return rollback(err)
+	}
+	if err := conn.Send("images", imagesMsg{Files: files}); err != nil {
+		return rollback(err)
+	}
+	for _, f := range files {
+		if err := m.faultAt("image:" + f.Name); err != nil {
+			return rollback(err)
+		}
+		if err := sendFile(conn, filepath.Join(imgDir, f.Name)); err != nil {
+			return rollback(err)
+		}
+		sent += f.Size
+		res.ImageBytes += f.Size
+		report(PhaseImages)
+	}
+
+	// 6. The peer restores, isolated, and says so.
+	report(PhaseRestore)
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	var restored restoredMsg
+	if err := conn.Expect("restored", &restored); err != nil {
+		return rollback(err)
+	}
+	if err := m.faultAt("before-commit"); err != nil {
+		return rollback(err)
+	}
+
+	// 7. Commit: decide durably, destroy the source copy, let the peer
+	// expose its copy. From here on the pod lives on the peer.
+	report(PhaseCommit)
+	m.mu.Lock()
+	p.st.Migration.Phase = "commit"
+	p.stopping = true
+	if err := m.persist(p); err != nil {
+		p.st.Migration.Phase = "transfer"
+		p.stopping = false
+		m.mu.Unlock()
+		return rollback(fmt.Errorf("persist commit decision: %w", err))
+	}
+	ch := p.exited
+	m.mu.Unlock()
+	if err := m.faultAt("after-commit-decision"); err != nil {
+		// Past the decision there is no rollback: a failure here is the
+		// same as a crash, which recoverMigration finishes.
+		m.cfg.Log.Error("fault after the commit decision", "err", err)
+	}
+	m.killFrozen(s.Name, pid, ch)
+	if err := conn.Send("commit", nil); err == nil {
+		err = conn.Expect("committed", nil)
+		if err != nil {
+			// The peer asks for the decision when it cannot get this far.
+			m.cfg.Log.Warn("peer did not confirm the commit; it will ask for the decision", "pod", s.Name, "peer", peer, "err", err)
+		}
+	}
+	res.Frozen = time.Since(freezeAt)
+	m.finishOut(p, txn, peer)
+	res.Total = time.Since(start)
+	report(PhaseDone)
+	m.cfg.Log.Info("pod migrated", "pod", s.Name, "peer", peer, "frozen", res.Frozen, "total", res.Total,
+		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes)
+	return res, nil
+}
+
+// killFrozen destroys the frozen source copy. Its bridge port is
+// disabled, so nothing it sends while dying (resets, FINs) escapes; the
+// cgroup is thawed after the SIGKILL so that the kill takes effect.
+func (m *Manager) killFrozen(name string, pid int, exited chan struct{}) {
+	for _, q := range m.cg.procs(name) {
+		_ = unix.Kill(q, unix.SIGKILL)
+	}
+	_ = m.cg.freeze(name, false)
+	if exited != nil {
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			m.cfg.Log.Warn("source copy did not exit", "pod", name, "pid", pid)
+		}
+	}
+	m.cleanup(context.Background(), name)
+}
+
+// finishOut records that the pod left: a home pod becomes "migrated", a
+// guest pod is forgotten (it went back home or on elsewhere).
+func (m *Manager) finishOut(p *pod, txn, peer string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.committed[txn] = true
+	p.st.Migration, p.st.Pid, p.st.LastTxn = nil, 0, txn
+	if p.st.Home != "" {
+		delete(m.pods, p.spec.Name)
+		os.RemoveAll(m.podDir(p.spec.Name))
+		for _, fn := range m.subs {
+			fn(Event{Name: p.spec.Name, State: StateMigrated})
+		}
+		return
+	}
+	p.st.Location = peer
+	m.setState(p, StateMigrated, "")
+}
+
+func (m *Manager) faultAt(step string) error {
+	if m.fault == nil {
+		return nil
+	}
+	return m.fault(step)
+}
+
+func sendFile(conn MigrationConn, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, _, err = conn.SendStream(f)
+	return err
+}
+
+// migrationTmp is where images pass through: memory (tmpfs), so that the
+// pod's pages are not written back to disk on their way to the peer.
+func migrationTmp() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// migrateIn runs the destination side of a migration offered on conn.
+func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migrateOffer, progress func(MigrationProgress)) (err error) {
+	peer := conn.PeerName()
+	s := offer.Pod
+	var received int64
+	report := func(phase string) {
+		if progress != nil {
+			progress(MigrationProgress{Pod: s.Name, Peer: peer, Phase: phase, Bytes: received})
+		}
+	}
+	refuse := func(err error) error {
+		conn.SendError(err)
+		m.cfg.Log.Warn("refused incoming migration", "pod", s.Name, "peer", peer, "err", err)
+		return err
+	}
+	if !podNameRE.MatchString(s.Name) {
+		return refuse(fmt.Errorf("offered pod has an invalid name %q", s.Name))
+	}
+	if err := validateSpec(&s); err != nil {
+		return refuse(fmt.Errorf("offered pod: %w", err))
+	}
+	work, err := os.MkdirTemp(migrationTmp(), "autopod-in-"+s.Name+"-")
+	if err != nil {
+		return refuse(err)
+	}
+	defer os.RemoveAll(work)
+	cpuDir := filepath.Join(work, "cpuinfo")
+	os.Mkdir(cpuDir, 0o700)
+	if err := recvToFile(conn, filepath.Join(cpuDir, "cpuinfo.img"), 0o600); err != nil {
+		return err
+	}
+	if criuVersionNumber(m.criuVersion) < criuVersionNumber(offer.CriuVersion) {
+		return refuse(fmt.Errorf("CRIU %s here is older than the peer's %s", m.criuVersion, offer.CriuVersion))
+	}
+	if err := m.criu.CPUInfoCheck(ctx, cpuDir); err != nil {
+		return refuse(err)
+	}
+	if err := checkpointable(s); err != nil {
+		return refuse(err)
+	}
+	for _, r := range offer.Roots {
+		if !filepath.IsAbs(r) || filepath.Clean(r) != r || r == "/" {
+			return refuse(fmt.Errorf("bad directory in offer: %q", r))
+		}
+	}
+
+	// Register the pod: a new guest, or one of ours coming home.
+	m.mu.Lock()
+	p, exists := m.pods[s.Name]
+	switch {
+	case exists && p.busy:
+		m.mu.Unlock()
+		return refuse(fmt.Errorf("pod %s: %w", s.Name, ErrBusy))
+	case exists && !(p.st.State == StateMigrated && p.st.Location == peer):
+		m.mu.Unlock()
+		return refuse(fmt.Errorf("a pod named %s already exists here (%s)", s.Name, p.st.State))
+	case !exists:
+		p = &pod{spec: s, st: persisted{State: StateStopped, Home: peer, Since: time.Now().UTC()}}
+		m.pods[s.Name] = p
+	}
+	p.busy = true
+	prev := p.st
+	p.st.Migration = &migrationState{Txn: offer.Txn, Peer: peer, Role: "in", Phase: "transfer"}
+	m.setState(p, StateMigrating, "")
+	m.mu.Unlock()
+	defer m.release(p)
+
+	var pid int
+	fail := func(cause error) error {
+		// Clean up first, then tell the source: once it hears of the
+		// failure, this host holds no copy.
+		defer conn.SendError(cause)
+		if pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			waitExit(pid)
+		}
+		m.cleanup(context.Background(), s.Name)
+		m.mu.Lock()
+		if exists {
+			p.st = prev
+			m.setState(p, prev.State, prev.Error)
+		} else {
+			delete(m.pods, s.Name)
+			os.RemoveAll(m.podDir(s.Name))
+		}
+		m.mu.Unlock()
+		m.cfg.Log.Error("incoming migration failed", "pod", s.Name, "peer", peer, "err", cause)
+		return fmt.Errorf("receive %s from %s: %w", s.Name, peer, cause)
+	}
+
+	initPath := m.initPath(offer.InitHash)
+	_, statErr := os.Stat(initPath)
+	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil}); err != nil {
+		return fail(err)
+	}
+	if statErr != nil {
+		if err := m.recvInit(conn, offer.InitHash); err != nil {
+			return fail(err)
+		}
+	}
+	report(PhaseFiles)
+	for pass := 0; pass < 2; pass++ {
+		n, err := recvFiles(conn, offer.Roots)
+		received += n
+		if err != nil {
+			return fail(err)
+		}
+		if err := conn.Send("files-ok", nil); err != nil {
+			return fail(err)
+		}
+	}
+	if err := m.faultAt("recv-images"); err != nil {
+		return fail(err)
+	}
+	var imgs imagesMsg
+	if err := conn.Expect("images", &imgs); err != nil {
+		return fail(err)
+	}
+	report(PhaseImages)
+	imgDir := filepath.Join(work, "images")
+	os.Mkdir(imgDir, 0o700)
+	for _, f := range imgs.Files {
+		if f.Name != filepath.Base(f.Name) || strings.HasPrefix(f.Name, ".") {
+			return fail(fmt.Errorf("bad image name %q", f.Name))
+		}
+		if err := recvToFile(conn, filepath.Join(imgDir, f.Name), 0o600); err != nil {
+			return fail(err)
+		}
+		received += f.Size
+	}
+	report(PhaseRestore)
+	// Restore isolated: the host end of the veth stays outside the bridge
+	// until the source has destroyed its copy.
+	pid, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir)
+	if err != nil {
+		return fail(err)
+	}
+	m.mu.Lock()
+	p.spec = s
+	p.st.Spec, p.st.InitHash, p.st.Pid = &s, offer.InitHash, pid
+	p.st.StartTime, _ = procStartTime(pid)
+	p.st.Migration.Phase = "restored"
+	p.stopping = false
+	p.exited = make(chan struct{})
+	m.persist(p)
+	m.mu.Unlock()
+	go m.watch(p, pid)
+	if err := m.faultAt("before-restored"); err != nil {
+		return fail(err)
+	}
+	if err := conn.Send("restored", restoredMsg{Pid: pid}); err != nil {
+		go m.resolveIncoming(p, offer.Txn, peer)
+		return err
+	}
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	if err := conn.Expect("commit", nil); err != nil {
+		if errors.Is(err, ErrRemote) {
+			// The source aborted and resumed its copy.
+			return fail(err)
+		}
+		go m.resolveIncoming(p, offer.Txn, peer)
+		return fmt.Errorf("receive %s from %s: no commit (%v); asking the source for its decision", s.Name, peer, err)
+	}
+	report(PhaseCommit)
+	if err := m.expose(ctx, p); err != nil {
+		m.cfg.Log.Error("expose migrated pod", "pod", s.Name, "err", err)
+	}
+	conn.Send("committed", nil)
+	report(PhaseDone)
+	return nil
+}
+
+// expose attaches a restored pod to its bridge and announces its address.
+func (m *Manager) expose(ctx context.Context, p *pod) error {
+	m.mu.Lock()
+	s, pid, home := p.spec, p.st.Pid, p.st.Home
+	m.mu.Unlock()
+	var err error
+	if s.Network.Address.IsValid() {
+		err = setPortForwarding(ctx, hostVeth(s.Name), true)
+		if err == nil {
+			announce(ctx, pid, s)
+		}
+	}
+	m.mu.Lock()
+	p.st.Migration = nil
+	if home == "" {
+		p.st.Location = "" // back home
+	}
+	m.setState(p, StateRunning, "")
+	m.mu.Unlock()
+	m.cfg.Log.Info("pod restored from peer", "pod", s.Name, "pid", pid, "home", home)
+	return err
+}
+
+// announce makes the switches and neighbours learn the pod's new place:
+// gratuitous ARP from inside the pod, and a packet to its gateway.
+func announce(ctx context.Context, pid int, s Spec) {
+	addr := s.Network.Address.Addr().String()
+	if _, err := inNetns(ctx, pid, "arping", "-U", "-c", "2", "-w", "1", "-I", "eth0", addr); err != nil {
+		_, _ = inNetns(ctx, pid, "ping", "-c", "1", "-W", "1", s.Network.Gateway.String())
+	}
+}
+
+// resolveIncoming asks the source how a migration ended when the
+// connection broke after this host restored the pod: expose the copy on
+// "commit", destroy it on "abort"; keep it isolated while nobody knows.
+func (m *Manager) resolveIncoming(p *pod, txn, peer string) {
+	for delay := 500 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		dec, err := m.askDecision(ctx, txn, peer)
+		cancel()
+		if err == nil {
+			m.applyDecision(p, dec)
+			return
+		}
+		m.cfg.Log.Warn("cannot learn the outcome of a migration yet; pod stays isolated", "pod", p.spec.Name, "peer", peer, "err", err)
+		time.Sleep(delay)
+	}
+}
+
+func (m *Manager) askDecision(ctx context.Context, txn, peer string) (string, error) {
+	d, err := m.peerDialer()
+	if err != nil {
+		return "", err
+	}
+	conn, err := d.DialPeer(ctx, peer)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if err := conn.Send("txn-status", txnRef{Txn: txn}); err != nil {
+		return "", err
+	}
+	var dec txnDecision
+	if err := conn.Expect("txn-decision", &dec); err != nil {
+		return "", err
+	}
+	return dec.Decision, nil
+}
+
+func (m *Manager) applyDecision(p *pod, decision string) {
+	if decision == "commit" {
+		m.expose(context.Background(), p)
+		return
+	}
+	m.mu.Lock()
+	pid, name, home := p.st.Pid, p.spec.Name, p.st.Home
+	p.stopping = true
+	m.mu.Unlock()
+	_ = unix.Kill(pid, unix.SIGKILL)
+	waitExit(pid)
+	m.cleanup(context.Background(), name)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p.st.Migration, p.st.Pid = nil, 0
+	if home != "" {
+		delete(m.pods, name)
+		os.RemoveAll(m.podDir(name))
+		return
+	}
+	m.setState(p, StateMigrated, "") // ours, still on the peer
+	m.cfg.Log.Info("source aborted the migration; restored copy destroyed", "pod", name)
+}
+
+func (m *Manager) recvInit(conn MigrationConn, hash string) error {
+	tmp := m.initPath(hash) + ".recv"
+	if err := recvToFile(conn, tmp, 0o755); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil))[:16]; got != hash {
+		os.Remove(tmp)
+		return fmt.Errorf("init binary from peer hashes to %s, offer said %s", got, hash)
+	}
+	return os.Rename(tmp, m.initPath(hash))
+}
+
+func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	_, _, err = conn.RecvStream(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// restoreIsolated restores a migrated pod with its veth outside the bridge.
+func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string) (pid int, err error) {
+	if err := m.cg.create(s.Name, s.Limits); err != nil {
+		return 0, err
+	}
+	defer func() {
+		if err != nil {
+			m.cleanup(context.Background(), s.Name)
+		}
+	}()
+	workDir := filepath.Join(m.podDir(s.Name), "criu-logs")
+	if err := os.MkdirAll(workDir, 0o700); err != nil {
+		return 0, err
+	}
+	if f, err := os.OpenFile(m.logPath(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
+		fmt.Fprintf(f, "--- autopod: restoring migrated pod %s at %s\n", s.Name, time.Now().UTC().Format(time.RFC3339))
+		f.Close()
+	}
+	req := criuRequest{ImagesDir: dir, WorkDir: workDir, LogName: "migrate-restore.log",
+		Root: rootFS(s), ExtMounts: m.extMounts(s, initHash), CgroupRoot: m.cg.relPath(s.Name), CgroupControllers: m.cg.controllers()}
+	if s.Network.Address.IsValid() {
+		br := m.bridgeFor(s)
+		if err := m.ensureBridge(ctx, br); err != nil {
+			return 0, err
+		}
+		_ = removeVeth(ctx, s.Name)
+		req.Veth, req.Bridge = hostVeth(s.Name), br
+		// CRIU notifies post-restore before it resumes the tasks and lifts
+		// its network lock: disable the port then, so that this copy stays
+		// silent until the source has destroyed its own.
+		req.postRestore = func() error { return setPortForwarding(ctx, hostVeth(s.Name), false) }
+	}
+	if m.fault != nil {
+		req.notify = faultNotify{fault: m.fault}
+	}
+	pid, err = m.criu.Restore(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	return pid, nil
+}

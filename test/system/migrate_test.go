@@ -1,0 +1,436 @@
+//go:build roottest
+
+package system
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/autopod/autopod/test/resp"
+	"github.com/autopod/autopod/test/testbed"
+)
+
+// kvPod defines a redis pod with a data bind mount on host h.
+func kvPod(t *testing.T, bed *testbed.Bed, h *testbed.Host, name string, last int) string {
+	addr := testbed.PodAddr(last)
+	data := filepath.Join(bed.Shared, name)
+	os.MkdirAll(filepath.Join(h.DataDir, name), 0o755)
+	os.WriteFile(filepath.Join(h.DataDir, name, "marker"), []byte("written on "+h.Name+"\n"), 0o644)
+	os.WriteFile(filepath.Join(h.PodsDir, name+".toml"), []byte(fmt.Sprintf(`command = "/usr/bin/redis-server"
+args = ["--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--enable-debug-command", "yes", "--dir", "/data"]
+workdir = "/data"
+[[mount]]
+source = %q
+target = "/data"
+[network]
+address = "%s/24"
+[limits]
+memory = "1G"
+`, data, addr)), 0o644)
+	return addr + ":6379"
+}
+
+type podJSON struct {
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Pid      int    `json:"pid"`
+	Home     string `json:"home"`
+	Location string `json:"location"`
+}
+
+func podOn(t *testing.T, h *testbed.Host, name string) (podJSON, bool) {
+	out, err := h.Ctl("--json", "pods")
+	if err != nil {
+		t.Fatalf("%s pods: %v %s", h.Name, err, out)
+	}
+	var ps []podJSON
+	json.Unmarshal([]byte(out), &ps)
+	for _, p := range ps {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return podJSON{}, false
+}
+
+// writer writes INCR on one connection as fast as acknowledgements come
+// back, recording the last acknowledged value; prober PINGs on its own
+// connection every 10 ms and records the longest gap between answers.
+type load struct {
+	mu        sync.Mutex
+	acked     int64
+	maxGap    time.Duration
+	probes    int64 // answered PINGs
+	writeErr  error
+	probeErr  error
+	stop      chan struct{}
+	done      sync.WaitGroup
+	writerCon *resp.Conn
+}
+
+func startLoad(t *testing.T, bed *testbed.Bed, addr string) *load {
+	l := &load{stop: make(chan struct{})}
+	ctx := context.Background()
+	wc, err := bed.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := bed.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.writerCon = resp.New(wc)
+	prober := resp.New(pc)
+	l.done.Add(2)
+	go func() {
+		defer l.done.Done()
+		for {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			v, err := l.writerCon.Do(60*time.Second, []byte("INCR"), []byte("counter"))
+			if err != nil {
+				l.mu.Lock()
+				l.writeErr = err
+				l.mu.Unlock()
+				return
+			}
+			n, _ := strconv.ParseInt(v, 10, 64)
+			l.mu.Lock()
+			l.acked = n
+			l.mu.Unlock()
+		}
+	}()
+	go func() {
+		defer l.done.Done()
+		last := time.Now()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if _, err := prober.Do(60*time.Second, []byte("PING")); err != nil {
+				l.mu.Lock()
+				l.probeErr = err
+				l.mu.Unlock()
+				return
+			}
+			now := time.Now()
+			l.mu.Lock()
+			if g := now.Sub(last); g > l.maxGap {
+				l.maxGap = g
+			}
+			l.probes++
+			l.mu.Unlock()
+			last = now
+		}
+	}()
+	return l
+}
+
+// pause waits until the prober has had an answer after this call (its
+// request may sit in the client's TCP retransmission backoff), then
+// returns and resets the longest gap between two answers.
+func (l *load) pause() time.Duration {
+	l.mu.Lock()
+	n := l.probes
+	l.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		l.mu.Lock()
+		done := l.probes > n+1 || l.probeErr != nil
+		l.mu.Unlock()
+		if done {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := l.maxGap
+	l.maxGap = 0
+	return g
+}
+
+func (l *load) check(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.writeErr != nil || l.probeErr != nil {
+		t.Fatalf("client connection broke: writer %v, prober %v", l.writeErr, l.probeErr)
+	}
+}
+
+func (l *load) finish(t *testing.T) int64 {
+	close(l.stop)
+	l.done.Wait()
+	l.check(t)
+	return l.acked
+}
+
+func waitPod(t *testing.T, h *testbed.Host, name, state string) podJSON {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p, ok := podOn(t, h, name)
+		if ok && p.State == state {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: pod %s is %+v (present %v), want %s", h.Name, name, p, ok, state)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// valueSums hashes the n random values the test stored.
+func valueSums(t *testing.T, c *resp.Conn, n int) map[string][32]byte {
+	t.Helper()
+	out := map[string][32]byte{}
+	for i := 0; i < n; i++ {
+		k := "key:" + strconv.Itoa(i)
+		v, err := c.Cmd("GET", k)
+		if err != nil || len(v) != 1<<20 {
+			t.Fatalf("GET %s: %d bytes, %v", k, len(v), err)
+		}
+		out[k] = sha256.Sum256([]byte(v))
+	}
+	return out
+}
+
+func TestMigrateRoundTrip(t *testing.T) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	addr := kvPod(t, bed, a, "kv", 100)
+	a.StartAgent(t)
+	b.StartAgent(t)
+	bed.Pair(t)
+	waitPod(t, a, "kv", "running")
+
+	ctx := context.Background()
+	var fill *resp.Conn
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := bed.Dial(ctx, addr)
+		if err == nil {
+			fill = resp.New(c)
+			if r, err := fill.Cmd("PING"); err == nil && r == "PONG" {
+				break
+			}
+			fill.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis at %s not reachable from the client host: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := fill.FillRandom(105, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	sums := valueSums(t, fill, 105)
+	fill.Close()
+
+	l := startLoad(t, bed, addr)
+	time.Sleep(300 * time.Millisecond)
+	l.pause()
+
+	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
+	t.Logf("migrate A→B:\n%s", out)
+	pauseAB := l.pause()
+	l.check(t)
+	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
+		t.Fatalf("on B: %+v", p)
+	}
+	if p := waitPod(t, a, "kv", "migrated"); p.Location != "hostb" {
+		t.Fatalf("on A: %+v", p)
+	}
+	if m, err := os.ReadFile(filepath.Join(b.DataDir, "kv", "marker")); err != nil || !strings.Contains(string(m), "hosta") {
+		t.Fatalf("data not copied to B: %q %v", m, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	out = a.MustCtl(t, "return")
+	t.Logf("return B→A:\n%s", out)
+	pauseBA := l.pause()
+	waitPod(t, a, "kv", "running")
+	if _, ok := podOn(t, b, "kv"); ok {
+		t.Fatal("kv still listed on B after return")
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	acked := l.finish(t)
+	got, err := l.writerCon.Cmd("GET", "counter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := strconv.ParseInt(got, 10, 64); n != acked {
+		t.Fatalf("counter %d, but %d writes were acknowledged", n, acked)
+	}
+	after := valueSums(t, l.writerCon, 105)
+	for k, v := range sums {
+		if after[k] != v {
+			t.Fatalf("%s changed across the migrations", k)
+		}
+	}
+	t.Logf("%d acknowledged writes, all present; client-seen pause A→B %s, B→A %s", acked, pauseAB, pauseBA)
+}
+
+// setupKV starts agents on a two-host bed (the environment given to A's
+// agent, e.g. a fault to inject), pairs them and waits for redis on A.
+func setupKV(t *testing.T, envA, envB []string) (*testbed.Bed, *testbed.Host, *testbed.Host, string) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	addr := kvPod(t, bed, a, "kv", 100)
+	a.StartAgent(t, envA...)
+	b.StartAgent(t, envB...)
+	bed.Pair(t)
+	waitPod(t, a, "kv", "running")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := bed.Dial(context.Background(), addr)
+		if err == nil {
+			rc := resp.New(c)
+			r, err := rc.Cmd("SET", "before", "migration")
+			rc.Close()
+			if err == nil && r == "OK" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis at %s not reachable: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return bed, a, b, addr
+}
+
+// onlyOnA checks the pod serves from A alone, through the load's
+// connections, and that B has no copy.
+func onlyOnA(t *testing.T, a, b *testbed.Host, l *load) {
+	t.Helper()
+	if p := waitPod(t, a, "kv", "running"); p.Location != "" {
+		t.Fatalf("on A: %+v", p)
+	}
+	if b.Running() {
+		if p, ok := podOn(t, b, "kv"); ok {
+			t.Fatalf("B lists a copy: %+v", p)
+		}
+	}
+	if procs := b.CgroupProcs("kv"); len(procs) > 0 {
+		t.Fatalf("processes of a second copy on B: %v", procs)
+	}
+	time.Sleep(300 * time.Millisecond) // the load keeps going on A
+	l.check(t)
+}
+
+func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
+	cases := []struct {
+		name       string
+		envA, envB []string
+		stopB      bool
+		want       string
+	}{
+		{name: "peer unreachable", stopB: true, want: "hostb"},
+		{name: "restore error on the peer", envB: []string{"AUTOPOD_FAULT_INJECT=post-restore"}, want: "post-restore"},
+		{name: "peer crashes receiving images", envB: []string{"AUTOPOD_FAULT_INJECT=crash:recv-images"}, want: ""},
+		{name: "source fails after the dump", envA: []string{"AUTOPOD_FAULT_INJECT=after-dump"}, want: "after-dump"},
+		{name: "peer fails before confirming", envB: []string{"AUTOPOD_FAULT_INJECT=before-restored"}, want: "before-restored"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bed, a, b, addr := setupKV(t, c.envA, c.envB)
+			l := startLoad(t, bed, addr)
+			if c.stopB {
+				b.StopAgent()
+			}
+			out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+			if err == nil {
+				t.Fatalf("migration succeeded despite the fault:\n%s", out)
+			}
+			if !strings.Contains(out, c.want) {
+				t.Errorf("error does not name the cause %q:\n%s", c.want, out)
+			}
+			t.Logf("migrate said:\n%s", out)
+			onlyOnA(t, a, b, l)
+			acked := l.finish(t)
+			if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
+				t.Fatalf("counter %s, %d acknowledged", v, acked)
+			}
+		})
+	}
+}
+
+func TestMigrateRefusesUnpinnedAndWrongCert(t *testing.T) {
+	bed, a, b, addr := setupKV(t, nil, nil)
+	l := startLoad(t, bed, addr)
+	// B forgets A: A's connection is refused in the TLS handshake.
+	b.MustCtl(t, "peer", "remove", "hosta")
+	out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+	if err == nil {
+		t.Fatalf("migration to a peer that has not pinned us succeeded:\n%s", out)
+	}
+	t.Logf("unpinned: %s", out)
+	onlyOnA(t, a, b, l)
+	// A pins its own certificate as hostb's: B's real certificate does not match.
+	own := filepath.Join(a.Dir, "cert.pem")
+	a.MustCtl(t, "peer", "add", "hostb", b.Addr+":7781", "--cert", own)
+	b.MustCtl(t, "peer", "add", "hosta", a.Addr+":7781", "--cert", own)
+	out, err = a.Ctl("migrate", "kv", "--to", "hostb")
+	if err == nil || !strings.Contains(strings.ToLower(out), "certificate") {
+		t.Fatalf("migration to a peer with the wrong certificate: %v\n%s", err, out)
+	}
+	t.Logf("wrong certificate: %s", out)
+	onlyOnA(t, a, b, l)
+	l.finish(t)
+}
+
+func TestMigrateSourceCrashes(t *testing.T) {
+	// Killed after freezing, before any decision: on restart the agent
+	// resumes the pod; the peer drops its half.
+	t.Run("before the commit decision", func(t *testing.T) {
+		bed, a, b, addr := setupKV(t, []string{"AUTOPOD_FAULT_INJECT=crash:after-dump"}, nil)
+		l := startLoad(t, bed, addr)
+		out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+		if err == nil {
+			t.Fatalf("migrate succeeded: %s", out)
+		}
+		<-a.Exited()
+		a.StartAgent(t)
+		onlyOnA(t, a, b, l)
+		l.finish(t)
+	})
+	// Killed after deciding to commit: on restart the agent finishes the
+	// migration; the peer, which restored the pod isolated, learns the
+	// decision and exposes it. Exactly one copy answers throughout.
+	t.Run("after the commit decision", func(t *testing.T) {
+		bed, a, b, addr := setupKV(t, []string{"AUTOPOD_FAULT_INJECT=crash:after-commit-decision"}, nil)
+		l := startLoad(t, bed, addr)
+		out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+		if err == nil {
+			t.Fatalf("migrate succeeded: %s", out)
+		}
+		<-a.Exited()
+		a.StartAgent(t)
+		waitPod(t, b, "kv", "running")
+		if p := waitPod(t, a, "kv", "migrated"); p.Location != "hostb" {
+			t.Fatalf("on A: %+v", p)
+		}
+		time.Sleep(500 * time.Millisecond)
+		acked := l.finish(t)
+		if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
+			t.Fatalf("counter %s, %d acknowledged", v, acked)
+		}
+	})
+}
