@@ -768,7 +768,9 @@ func (m *Manager) expose(ctx context.Context, p *pod) error {
 	if s.Network.Address.IsValid() {
 		err = setPortForwarding(ctx, hostVeth(s.Name), true)
 		if err == nil {
-			announce(ctx, pid, s)
+			// In the background: arping takes its time, and the source
+			// waits for "committed" before it reports the migration done.
+			go announce(context.Background(), pid, s)
 		}
 	}
 	m.mu.Lock()
@@ -786,7 +788,7 @@ func (m *Manager) expose(ctx context.Context, p *pod) error {
 // gratuitous ARP from inside the pod, and a packet to its gateway.
 func announce(ctx context.Context, pid int, s Spec) {
 	addr := s.Network.Address.Addr().String()
-	if _, err := inNetns(ctx, pid, "arping", "-U", "-c", "2", "-w", "1", "-I", "eth0", addr); err != nil {
+	if _, err := inNetns(ctx, pid, "arping", "-U", "-c", "2", "-i", "0.2", "-w", "1", "-I", "eth0", addr); err != nil {
 		_, _ = inNetns(ctx, pid, "ping", "-c", "1", "-W", "1", s.Network.Gateway.String())
 	}
 }

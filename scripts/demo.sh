@@ -129,4 +129,10 @@ ctl pods
 ip link show ap-cache >/dev/null 2>&1 && { echo "veth left!"; exit 1; } || echo "veth ap-cache: gone"
 [ -z "$(cgdir)" ] && echo "cgroups of cache: gone" || { echo "cgroup left: $(cgdir)"; exit 1; }
 echo
-echo "Demo done. Agent log: $demo/agent.log; pod log: $demo/log/cache.log"
+echo "Part 1 done. Agent log: $demo/agent.log; pod log: $demo/log/cache.log"
+cleanup
+trap - EXIT
+bus_pid= agent_pid=
+
+printf '\n\033[1m==== Part 2: live migration between two hosts ====\033[0m\n'
+"$top/scripts/demo-migrate.sh"
