@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -426,6 +427,77 @@ func TestPeerListenerBadPort(t *testing.T) {
 		if l, _, err := PeerListener(port); err == nil {
 			l.Close()
 			t.Errorf("PeerListener(%d) succeeded", port)
+		}
+	}
+}
+
+// The peer protocol itself (TLS, migration) is served by Peers.Serve; these
+// tests only need a listener that proves it was handed over, so the
+// activated child greets each connection with a banner line.
+
+// ServePeers answers peer connections on l until ctx is done, then closes l and
+// every open peer connection and returns. l belongs to ServePeers from the call on.
+//
+// The peer protocol (TLS, migration) does not exist yet. Until it does, every
+// connection gets one line, "autopod VERSION peer-protocol=0 not-ready", and is
+// closed: enough to see that socket activation works, and honest that nothing else
+// does, so no peer mistakes this host for one it can migrate to.
+func ServePeers(ctx context.Context, l net.Listener, version string, log *slog.Logger) {
+	banner := []byte(fmt.Sprintf("autopod %s peer-protocol=0 not-ready\n", version))
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer l.Close()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	var backoff time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, net.ErrClosed) {
+				log.Error("peer listener closed; no longer serving peers", "addr", l.Addr().String())
+				return
+			}
+			// Running out of descriptors and the like are transient; retrying at
+			// once would only spin and flood the journal.
+			backoff = min(max(2*backoff, 5*time.Millisecond), maxAcceptBackoff)
+			log.Warn("accepting peer connection", "err", err, "retry_in", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		wg.Go(func() { greetPeer(ctx, conn, banner, log) })
+	}
+}
+
+func greetPeer(ctx context.Context, conn net.Conn, banner []byte, log *slog.Logger) {
+	defer conn.Close()
+	// Shutting down does not wait for slow peers.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	log.Debug("peer connected; peer protocol not implemented yet", "remote", conn.RemoteAddr().String())
+	if err := conn.SetDeadline(time.Now().Add(peerGreetTimeout)); err != nil {
+		log.Warn("peer connection", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	if _, err := conn.Write(banner); err != nil {
+		log.Debug("writing peer banner", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	// Closing a TCP socket with unread input sends RST, and the peer may then lose the
+	// banner: a future client that speaks first would see "connection reset" instead
+	// of "not-ready". So send FIN first and drain until the peer closes its side.
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(conn, 64<<10))
 		}
 	}
 }
