@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/autopod/autopod/atomicfile"
 )
 
 // File names of an identity inside its directory.
@@ -87,10 +89,10 @@ func InitIdentity(dir string, force bool) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("init peer identity: %w", err)
 	}
-	if err := writeFileDurable(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return Identity{}, fmt.Errorf("init peer identity: write key: %w", err)
 	}
-	if err := writeFileDurable(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(certPath, certPEM, 0o644); err != nil {
 		return Identity{}, fmt.Errorf("init peer identity: write certificate: %w", err)
 	}
 	return id, nil

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/autopod/autopod/atomicfile"
 )
 
 // DefaultPort is the peer port an address without one gets.
@@ -228,7 +230,7 @@ func (s *Store) update(change func(map[string]Peer) error) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileDurable(s.path, append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(s.path, append(data, '\n'), 0o600); err != nil {
 		return err
 	}
 	st, err := statFile(s.path)

@@ -206,20 +206,22 @@ func (c cgroups) create(pod string, lim Limits) error {
 		return nil
 	}
 	if l.unified {
+		// Only the limits the pod asks for: a v2 tree may lack a controller
+		// (a container's, say), and then an unlimited pod must still start.
 		d := dirs[0]
-		mem, pids, weight := "max", "max", "100"
+		var kvs [][2]string
 		if lim.MemoryBytes > 0 {
-			mem = strconv.FormatInt(lim.MemoryBytes, 10)
+			kvs = append(kvs, [2]string{"memory.max", strconv.FormatInt(lim.MemoryBytes, 10)})
 		}
 		if lim.Pids > 0 {
-			pids = strconv.FormatInt(lim.Pids, 10)
+			kvs = append(kvs, [2]string{"pids.max", strconv.FormatInt(lim.Pids, 10)})
 		}
 		if lim.CPUWeight > 0 {
-			weight = strconv.FormatUint(lim.CPUWeight, 10)
+			kvs = append(kvs, [2]string{"cpu.weight", strconv.FormatUint(lim.CPUWeight, 10)})
 		}
-		for _, kv := range [][2]string{{"memory.max", mem}, {"pids.max", pids}, {"cpu.weight", weight}} {
+		for _, kv := range kvs {
 			if err := w(d, kv[0], kv[1]); err != nil {
-				return err
+				return fmt.Errorf("%w (is the controller enabled in %s's cgroup.subtree_control?)", err, filepath.Dir(d))
 			}
 		}
 		return nil

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/autopod/autopod/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -182,7 +183,7 @@ func (m *Manager) installInit() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return sum, writeFileDurable(dst, data, 0o755)
+	return sum, atomicfile.WriteFile(dst, data, 0o755)
 }
 
 func (m *Manager) initPath(hash string) string {
@@ -225,7 +226,7 @@ func (m *Manager) persist(p *pod) error {
 	if err != nil {
 		return err
 	}
-	return writeFileDurable(filepath.Join(dir, "state.json"), data, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, "state.json"), data, 0o600)
 }
 
 func (m *Manager) readPersisted(name string) (persisted, bool) {

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/autopod/autopod/atomicfile"
 )
 
 // ManifestName is the file in every image directory that describes it.
@@ -88,7 +90,7 @@ func WriteManifest(dir string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	return writeFileDurable(filepath.Join(dir, ManifestName), append(data, '\n'), 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, ManifestName), append(data, '\n'), 0o600)
 }
 
 // ReadManifest reads dir's manifest without verifying the images.

@@ -4,8 +4,11 @@
 #   unit    go vet + go test ./... (no privileges needed) + a short fuzz run
 #   units   systemd-analyze verify on units/ (go test ./units/)
 #   root    real CRIU, namespaces, cgroups, redis (go test -tags roottest ./pods/)
+#   packaging  make deb/rpm from a clean copy, lintian, rpm -qp/--root, the .deb
+#           installed, activated, upgraded, removed and purged in a Debian
+#           root booted with systemd-nspawn (go test -tags roottest ./test/packaging/)
 #   system  the real agent on a private dbus-daemon, driven by autopodctl and
-#           busctl (go test -tags roottest ./test/...)
+#           busctl; migration between namespace hosts (go test -tags roottest ./test/system/)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
@@ -23,10 +26,11 @@ tier_unit() {
 }
 tier_units() { go test -count=1 -v ./units/; }
 tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/; }
+tier_packaging() { need_root packaging && go test -count=1 -tags roottest -timeout 20m -v ./test/packaging/; }
 tier_system() { need_root system && go test -count=1 -tags roottest -timeout 20m -v ./test/system/; }
 
 tiers=("$@")
-[ "${tiers[0]:-all}" = all ] && tiers=(unit units root system)
+[ "${tiers[0]:-all}" = all ] && tiers=(unit units root system packaging)
 declare -A result
 declare -A took
 failed=0

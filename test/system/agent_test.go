@@ -14,11 +14,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/autopod/autopod/test/testbed"
 )
 
 const (
@@ -49,41 +50,17 @@ type harness struct {
 	agentLog *os.File
 }
 
-func repoRoot(t *testing.T) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
-func criuPath(t *testing.T) string {
-	for _, p := range []string{os.Getenv("AUTOPOD_CRIU"), "/opt/autopod-criu/sbin/criu"} {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-	}
-	t.Fatal("no CRIU at /opt/autopod-criu/sbin/criu; run `make deps` (or set AUTOPOD_CRIU)")
-	return ""
-}
-
 func newHarness(t *testing.T) *harness {
 	if os.Geteuid() != 0 {
 		t.Fatal("the system tier must run as root")
 	}
-	root := repoRoot(t)
+	root := testbed.RepoRoot()
 	dir := t.TempDir()
 	// nobody must reach the bus socket for the authorisation checks.
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	h := &harness{t: t, dir: dir, bin: filepath.Join(dir, "bin")}
-	for _, c := range []string{"autopod", "autopodctl"} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(h.bin, c), "./cmd/"+c)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", c, err, out)
-		}
-	}
+	testbed.Build(t, h.bin)
 	sock := filepath.Join(dir, "bus")
 	h.bus = "unix:path=" + sock
 	bus := exec.Command("dbus-daemon", "--config-file="+filepath.Join(root, "test/dbus/system-bus.conf"),
@@ -110,7 +87,7 @@ bridge = %q
 bridge_address = "10.98.0.1/24"
 peer_port = %d
 cgroup_root = "autopod-systest"
-`, criuPath(t), pods, filepath.Join(dir, "state"), filepath.Join(dir, "log"), bridge, peerPort)), 0o644)
+`, testbed.CriuPath(t), pods, filepath.Join(dir, "state"), filepath.Join(dir, "log"), bridge, peerPort)), 0o644)
 	os.WriteFile(filepath.Join(pods, "kv.toml"), []byte(fmt.Sprintf(`# redis, the key-value pod
 command = "/usr/bin/redis-server"
 args = ["--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--enable-debug-command", "yes"]

@@ -1,4 +1,5 @@
-package peer
+// Package atomicfile replaces files so that a crash never leaves a torn one.
+package atomicfile
 
 import (
 	"fmt"
@@ -6,12 +7,12 @@ import (
 	"path/filepath"
 )
 
-// writeFileDurable replaces path with data so that after a crash the file holds
+// WriteFile replaces path with data so that after a crash the file holds
 // either the old or the new content, never a mix: write a temporary file in the same
 // directory, fsync it, rename it over path, fsync the directory (tailscale's
 // atomicfile does the same). The temporary file has perm from its creation on, so a
 // private key is never readable by others, not even briefly.
-func writeFileDurable(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -39,10 +40,10 @@ func writeFileDurable(path string, data []byte, perm os.FileMode) (err error) {
 	if err = os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-func syncDir(dir string) error {
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
