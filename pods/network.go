@@ -49,8 +49,31 @@ func EnsureBridge(ctx context.Context, name string, addr netip.Prefix) error {
 			}
 		}
 	}
+	if err := pinBridgeMAC(ctx, name); err != nil {
+		return err
+	}
 	_, err := run(ctx, "ip", "link", "set", name, "up")
 	return err
+}
+
+// pinBridgeMAC sets the bridge's MAC address to the one it has now. A
+// Linux bridge otherwise takes the lowest MAC of its ports and changes it
+// whenever a pod's veth comes or goes, and neighbours holding the old one
+// in their ARP caches lose the host: after a migration a peer could no
+// longer reach this host to ask how the migration ended.
+func pinBridgeMAC(ctx context.Context, name string) error {
+	out, err := run(ctx, "ip", "-o", "link", "show", "dev", name)
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(out)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "link/ether" {
+			_, err := run(ctx, "ip", "link", "set", "dev", name, "address", f[i+1])
+			return err
+		}
+	}
+	return fmt.Errorf("bridge %s has no MAC address: %s", name, strings.TrimSpace(out))
 }
 
 // hostVeth names the host end of a pod's veth: Linux allows 15 bytes, so

@@ -54,6 +54,8 @@ for h in a b; do
   mkhost $h
   ip -n apdemo-$h link add autopod0 type bridge
   ip -n apdemo-$h link set uplink master autopod0
+  # a fixed bridge MAC, as the agent sets it: else it changes with the pods' veths
+  ip -n apdemo-$h link set dev autopod0 address "$(ip netns exec apdemo-$h cat /sys/class/net/uplink/address)"
   ip -n apdemo-$h addr add $net.$([ $h = a ] && echo 1 || echo 2)/24 dev autopod0
   ip -n apdemo-$h link set autopod0 up
 done

@@ -163,6 +163,10 @@ func (b *Bed) addHost(t testing.TB, i int) {
 	// The host's pod bridge carries its uplink, so its pods are on the LAN.
 	must(t, "ip", "-n", h.Netns, "link", "add", "autopod0", "type", "bridge")
 	must(t, "ip", "-n", h.Netns, "link", "set", "uplink", "master", "autopod0")
+	// As the agent does (pods.EnsureBridge): a fixed bridge MAC, or it
+	// changes as pod veths come and go and the other hosts lose this one.
+	mac := strings.TrimSpace(must(t, "ip", "netns", "exec", h.Netns, "cat", "/sys/class/net/uplink/address"))
+	must(t, "ip", "-n", h.Netns, "link", "set", "dev", "autopod0", "address", mac)
 	must(t, "ip", "-n", h.Netns, "addr", "add", h.Addr+"/24", "dev", "autopod0")
 	must(t, "ip", "-n", h.Netns, "link", "set", "autopod0", "up")
 
@@ -332,20 +336,23 @@ func (b *Bed) Pair(t testing.TB) {
 
 // InClient runs fn on an OS thread inside the client namespace: sockets
 // fn creates belong to the client host.
-func (b *Bed) InClient(fn func() error) error {
+func (b *Bed) InClient(fn func() error) error { return InNetns(b.client, fn) }
+
+// InNetns runs fn on an OS thread inside the named network namespace.
+func InNetns(ns string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		// The thread is not unlocked: it ends with the goroutine, so no
-		// other goroutine ever runs in the client namespace.
-		f, err := os.Open("/run/netns/" + b.client)
+		// other goroutine ever runs in that namespace.
+		f, err := os.Open("/run/netns/" + ns)
 		if err != nil {
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns client: %w", err)
+			errc <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
 		errc <- fn()
