@@ -556,6 +556,8 @@ func (m *Manager) claim(name string, allowed ...State) (*pod, error) {
 	switch p.st.State {
 	case StateRunning:
 		return nil, fmt.Errorf("%q: %w", name, ErrRunning)
+	case StateMigrated:
+		return nil, fmt.Errorf("%q runs on %s (autopodctl return brings it back): %w", name, p.st.Location, ErrMigrated)
 	default:
 		return nil, fmt.Errorf("%q is %s: %w", name, p.st.State, ErrNotRunning)
 	}
