@@ -24,8 +24,8 @@ import (
 
 const (
 	bridge   = "apsys0"
-	kvAddr   = "10.98.0.10"
-	webAddr  = "10.98.0.11"
+	kvAddr   = "10.96.0.10"
+	webAddr  = "10.96.0.11"
 	peerPort = 17791
 )
 
@@ -84,7 +84,7 @@ pods_dir = %q
 state_dir = %q
 log_dir = %q
 bridge = %q
-bridge_address = "10.98.0.1/24"
+bridge_address = "10.96.0.1/24"
 peer_port = %d
 cgroup_root = "autopod-systest"
 `, testbed.CriuPath(t), pods, filepath.Join(dir, "state"), filepath.Join(dir, "log"), bridge, peerPort)), 0o644)
