@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/autopod/autopod/test/benchkit"
 )
 
 // TestBenchCheckpointRestore compares, for redis pods holding 100 MiB and
@@ -35,21 +37,34 @@ func TestBenchCheckpointRestore(t *testing.T) {
 	}
 	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
-	report := &benchReport{Key: "checkpoint-restore", Title: "Checkpoint and restore on one host"}
-	report.add(benchEnvironment(benchCriuPath(t)) + "\n")
-	report.add(crLegend)
-	for _, size := range benchSizes(t, "100M 1G") {
+	criuPath := benchCriuPath(t)
+	report := &benchkit.Report{Key: "checkpoint-restore", Title: "Checkpoint and restore on one host"}
+	report.Add(benchkit.Environment(
+		fmt.Sprintf("CRIU %s (%s)", criuVersion(context.Background(), criuPath), criuPath),
+		"redis "+benchkit.RedisVersion()) + "\n")
+	report.Add(crLegend)
+	sizes, err := benchkit.Sizes("100M 1G")
+	if err != nil {
+		t.Fatal(err)
+	}
+	warmup, err := benchkit.Count(1, "BENCH_WARMUP")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range sizes {
 		def := 3
 		if size.MiB <= 100 {
 			def = 5
 		}
-		trials := benchCount(t, def, "BENCH_TRIALS_"+size.Name, "BENCH_TRIALS")
-		warmup := benchCount(t, 1, "BENCH_WARMUP")
+		trials, err := benchkit.Count(def, "BENCH_TRIALS_"+size.Name, "BENCH_TRIALS")
+		if err != nil {
+			t.Fatal(err)
+		}
 		t.Run(size.Name, func(t *testing.T) {
 			start := time.Now()
 			table := runCheckpointRestore(t, size, trials, warmup)
-			report.add(fmt.Sprintf("### %s of random values\n\n%d trials after %d warm-up; each cell is the median and, in brackets, the min–max of the trials; ratios are of medians.\n\n%s",
-				size, trials, warmup, table.markdown()))
+			report.Add(fmt.Sprintf("### %s of random values\n\n%d trials after %d warm-up; each cell is the median and, in brackets, the min–max of the trials; ratios are of medians.\n\n%s",
+				size, trials, warmup, table.Markdown()))
 			t.Logf("%s: %s in all", size, time.Since(start).Round(time.Second))
 		})
 	}
@@ -57,14 +72,16 @@ func TestBenchCheckpointRestore(t *testing.T) {
 		t.Log("not writing a report: a benchmark failed")
 		return
 	}
-	report.write(t)
+	if err := report.Write(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 const crLegend = `- **autopod**: ` + "`Manager.Checkpoint`" + ` (the pod stops) then ` + "`Manager.Restore`" + `; the times include what autopod adds around CRIU (SHA-256 manifest of the image at checkpoint, its verification at restore, cgroups and veth).
 - **raw criu CLI**: ` + "`criu dump -t <init>`" + ` then ` + "`criu restore -d --root /`" + ` on the same kind of pod, with autopod's options, translated from the very request autopod hands go-criu (` + "`--tcp-established --file-locks --network-lock nftables --manage-cgroups=soft -v4`" + `; autopod's ` + "`orphan_pts_master`" + ` exists only over RPC and does nothing for pods without a terminal), the pod's bind mounts as ` + "`--external mnt[…]`" + `, ` + "`--external veth[eth0]:…@bridge`" + ` on restore, then ` + "`ip link set <veth> up`" + `.
 - **cold restart**: ` + "`SAVE`" + `, stop the pod, start it again; redis loads the RDB file. "checkpoint" is the SAVE, "restore" is from the start until redis answers PING with ` + "`loading:0`" + `.
 - **server down**: from the start of the checkpoint (cold: of the SAVE) until the service is back. **client-seen pause**: a client holding one TCP connection sends PING every 10 ms, each waiting for its reply; the longest gap between two answers (in a cold restart the blocking SAVE and the restart are two gaps, split by one answer). Through a checkpoint the connection is kept and the request in flight is dropped by CRIU's network lock, so the client waits for TCP retransmission (200 ms, then doubling); in a cold restart the client reconnects (every 10 ms).
-- Between steps the bench runs ` + "`sync`" + `, so that each starts with no dirty page cache (images and RDB files are then read back from the page cache), and waits up to 10 s for half a second of CPU pressure under 30 %. The pressure rows show how much other work on the host stalled tasks during each step (Linux PSI, "some"): compare columns only where they are alike.
+- After each step the bench runs ` + "`sync`" + ` (timed on its own: the write-back the step left behind), so that each starts with no dirty page cache; images and RDB files are then read back from the page cache. Before each step it waits up to 10 s for half a second of CPU pressure under 30 %. The pressure rows show how much other work on the host stalled tasks during each step (Linux PSI, "some"): compare columns only where they are alike.
 `
 
 // crPod is one redis pod of the benchmark.
@@ -73,16 +90,17 @@ type crPod struct {
 	ip     string
 	data   string // host directory bound at /data (the RDB file)
 	spec   Spec
-	target benchTarget
+	target benchkit.Target
 }
 
 type crBench struct {
-	t      *testing.T
-	e      *benchEnv
-	a      crPod // driven by the Manager
-	r      crPod // driven by the bare criu CLI
-	digest string
-	rawN   int
+	t       *testing.T
+	e       *benchEnv
+	a       crPod // driven by the Manager
+	r       crPod // driven by the bare criu CLI
+	digest  string
+	rawN    int
+	rawPrev string // the raw column's newest image directory
 }
 
 func benchRedisPod(data, ip string, memoryMiB int) string {
@@ -103,28 +121,29 @@ pids = 256
 `, benchPort, data, ip, benchBridge, memoryMiB)
 }
 
-func runCheckpointRestore(t *testing.T, size benchSize, trials, warmup int) *benchTable {
+func runCheckpointRestore(t *testing.T, size benchkit.Size, trials, warmup int) *benchkit.Table {
 	b := setupCheckpointBench(t, size)
-	table := &benchTable{
-		Metrics: []benchMetric{
-			{"checkpoint", "checkpoint, s (cold: SAVE)", "s", true},
-			{"restore", "restore, s (cold: start until loaded)", "s", true},
-			{"down", "server down: checkpoint start → back, s", "s", true},
-			{"pause", "client-seen pause (longest PING gap), s", "s", true},
-			{"criu_dump", "CRIU's own dump time (its log), s", "s", true},
-			{"criu_restore", "CRIU's own restore time (its log), s", "s", true},
-			{"sha", "SHA-256 of the image, once, s", "s", false},
-			{"bytes", "image size, MB (cold: RDB file)", "MB", true},
-			{"redials", "client reconnections", "", false},
-			{"psi_cpu", "host CPU pressure during the step (PSI some)", "%", false},
-			{"psi_io", "host I/O pressure during the step (PSI some)", "%", false},
+	table := &benchkit.Table{
+		Metrics: []benchkit.Metric{
+			{Key: "checkpoint", Label: "checkpoint, s (cold: SAVE)", Unit: "s", Ratio: true},
+			{Key: "restore", Label: "restore, s (cold: start until loaded)", Unit: "s", Ratio: true},
+			{Key: "down", Label: "server down: checkpoint start → back, s", Unit: "s", Ratio: true},
+			{Key: "pause", Label: "client-seen pause (longest PING gap), s", Unit: "s", Ratio: true},
+			{Key: "criu_dump", Label: "CRIU's own dump time (its log), s", Unit: "s", Ratio: true},
+			{Key: "criu_restore", Label: "CRIU's own restore time (its log), s", Unit: "s", Ratio: true},
+			{Key: "sha", Label: "SHA-256 of the image, once, s", Unit: "s", Ratio: false},
+			{Key: "sync", Label: "write-back left for the disk after the step (sync), s", Unit: "s", Ratio: true},
+			{Key: "bytes", Label: "image size, MB (cold: RDB file)", Unit: "MB", Ratio: true},
+			{Key: "redials", Label: "client reconnections", Unit: "", Ratio: false},
 		},
-		Columns: []benchColumn{{"autopod", "autopod"}, {"raw", "raw criu CLI"}, {"cold", "cold restart"}},
-		Ratios:  [][2]string{{"autopod", "raw"}, {"autopod", "cold"}},
+		Columns: []benchkit.Column{
+			{Key: "autopod", Label: "autopod"}, {Key: "raw", Label: "raw criu CLI"}, {Key: "cold", Label: "cold restart"}},
+		Ratios: [][2]string{{"autopod", "raw"}, {"autopod", "cold"}},
 	}
+	table.Metrics = append(table.Metrics, benchkit.PressureMetrics()...)
 	steps := []struct {
 		col string
-		run func(context.Context) (benchSample, error)
+		run func(context.Context) (benchkit.Sample, error)
 	}{{"autopod", b.autopodTrial}, {"raw", b.rawTrial}, {"cold", b.coldTrial}}
 	ctx := context.Background()
 	for i := -warmup; i < trials; i++ {
@@ -136,15 +155,20 @@ func runCheckpointRestore(t *testing.T, size benchSize, trials, warmup int) *ben
 		// the one that runs right after a cold restart (or a restore).
 		for k := range steps {
 			st := steps[(i+warmup+k)%len(steps)]
-			settle()
-			s, err := withPressure(func() (benchSample, error) { return st.run(ctx) })
+			benchkit.Settle()
+			s, err := benchkit.Measure(func() (benchkit.Sample, error) { return st.run(ctx) })
 			if err != nil {
 				t.Fatalf("%s, %s %s: %v", size, st.col, name, err)
 			}
+			// What the step left in the page cache for the disk: CRIU's
+			// images are not synced (a SAVE is: redis fsyncs the RDB).
+			w := time.Now()
+			unix.Sync()
+			s["sync"] = benchkit.Seconds(time.Since(w))
 			t.Logf("%s %s %-7s checkpoint %.2fs  restore %.2fs  down %.2fs  pause %.2fs  %.0f MB  cpu/io pressure %.0f/%.0f %%",
 				size, name, st.col, s["checkpoint"], s["restore"], s["down"], s["pause"], s["bytes"]/1e6, s["psi_cpu"], s["psi_io"])
 			if i >= 0 {
-				table.add(st.col, s)
+				table.Add(st.col, s)
 			}
 		}
 	}
@@ -155,13 +179,13 @@ func runCheckpointRestore(t *testing.T, size benchSize, trials, warmup int) *ben
 // setupCheckpointBench starts pod A under the Manager and fills it with
 // random values, saves them to an RDB file, and starts pod R, the same
 // pod outside the Manager's control, from a copy of that file.
-func setupCheckpointBench(t *testing.T, size benchSize) *crBench {
+func setupCheckpointBench(t *testing.T, size benchkit.Size) *crBench {
 	ctx := context.Background()
 	e := newBenchEnv(t)
 	b := &crBench{t: t, e: e}
 	memory := 4*size.MiB + 1024 // redis, plus the RDB file's page cache charged to the pod
-	b.a = crPod{name: "bench-a", ip: "10.98.0.10"}
-	b.r = crPod{name: "bench-r", ip: "10.98.0.11"}
+	b.a = crPod{name: "bench-a", ip: benchNet + "10"}
+	b.r = crPod{name: "bench-r", ip: benchNet + "11"}
 	defs := map[string]string{}
 	for _, p := range []*crPod{&b.a, &b.r} {
 		p.data = filepath.Join(e.dir, "data", p.name)
@@ -190,10 +214,10 @@ func setupCheckpointBench(t *testing.T, size benchSize) *crBench {
 		t.Fatal(errs)
 	}
 	b.a.target = benchTargetFor(t, b.a.ip)
-	if err := b.a.target.waitReady(15 * time.Second); err != nil {
+	if err := b.a.target.WaitReady(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	ctl, err := b.a.target.dial(5 * time.Second)
+	ctl, err := b.a.target.Dial(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +247,7 @@ func setupCheckpointBench(t *testing.T, size benchSize) *crBench {
 	}
 	e.setRaw(b.r.name, pid)
 	b.r.target = benchTargetFor(t, b.r.ip)
-	if err := b.r.target.waitReady(5 * time.Minute); err != nil {
+	if err := b.r.target.WaitReady(5 * time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if d := b.digestOf(b.r); d != b.digest {
@@ -233,7 +257,7 @@ func setupCheckpointBench(t *testing.T, size benchSize) *crBench {
 }
 
 func (b *crBench) digestOf(p crPod) string {
-	c, err := p.target.dial(5 * time.Second)
+	c, err := p.target.Dial(5 * time.Second)
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -256,12 +280,13 @@ func (b *crBench) checkData() {
 }
 
 // autopodTrial: Manager.Checkpoint (the pod stops), then Manager.Restore.
-func (b *crBench) autopodTrial(ctx context.Context) (benchSample, error) {
+func (b *crBench) autopodTrial(ctx context.Context) (benchkit.Sample, error) {
 	m := b.e.m
-	p, err := startPinger(b.a.target)
+	p, err := benchkit.StartPinger(b.a.target.Dialer())
 	if err != nil {
 		return nil, err
 	}
+	defer p.Stop() // a failed trial leaves no client behind
 	t0 := time.Now()
 	res, err := m.Checkpoint(ctx, b.a.name, CheckpointOptions{})
 	if err != nil {
@@ -272,17 +297,17 @@ func (b *crBench) autopodTrial(ctx context.Context) (benchSample, error) {
 		return nil, err
 	}
 	t2 := time.Now()
-	gap, redials, err := p.finish(2 * time.Minute)
+	gap, redials, err := p.Finish(2 * time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	s := benchSample{"checkpoint": seconds(t1.Sub(t0)), "restore": seconds(t2.Sub(t1)), "down": seconds(t2.Sub(t0)),
-		"pause": seconds(gap), "redials": float64(redials), "bytes": float64(res.Bytes)}
+	s := benchkit.Sample{"checkpoint": benchkit.Seconds(t1.Sub(t0)), "restore": benchkit.Seconds(t2.Sub(t1)), "down": benchkit.Seconds(t2.Sub(t0)),
+		"pause": benchkit.Seconds(gap), "redials": float64(redials), "bytes": float64(res.Bytes)}
 	logs := filepath.Join(m.podDir(b.a.name), "criu-logs")
-	if v, ok := criuLogSeconds(filepath.Join(logs, "dump.log")); ok {
+	if v, ok := benchkit.CRIULogSeconds(filepath.Join(logs, "dump.log")); ok {
 		s["criu_dump"] = v
 	}
-	if v, ok := criuLogSeconds(filepath.Join(logs, "restore.log")); ok {
+	if v, ok := benchkit.CRIULogSeconds(filepath.Join(logs, "restore.log")); ok {
 		s["criu_restore"] = v
 	}
 	// What one pass of the manifest's checksums costs (autopod makes one at
@@ -291,12 +316,12 @@ func (b *crBench) autopodTrial(ctx context.Context) (benchSample, error) {
 	if _, _, err := scanImages(res.Dir); err != nil {
 		return nil, err
 	}
-	s["sha"] = seconds(time.Since(h))
+	s["sha"] = benchkit.Seconds(time.Since(h))
 	return s, nil
 }
 
 // rawTrial: the bare criu CLI with autopod's options on pod R.
-func (b *crBench) rawTrial(ctx context.Context) (benchSample, error) {
+func (b *crBench) rawTrial(ctx context.Context) (benchkit.Sample, error) {
 	e := b.e
 	e.mu.Lock()
 	pid := e.raw[b.r.name]
@@ -310,7 +335,6 @@ func (b *crBench) rawTrial(ctx context.Context) (benchSample, error) {
 			return nil, err
 		}
 	}
-	defer os.RemoveAll(dir)
 	ext := e.m.extMounts(b.r.spec, e.m.initHash)
 	targets := make([]string, 0, len(ext))
 	for k := range ext {
@@ -338,15 +362,25 @@ func (b *crBench) rawTrial(ctx context.Context) (benchSample, error) {
 	}
 	restArgs = append(restArgs, "--external", "veth[eth0]:"+veth+"@"+benchBridge)
 
-	p, err := startPinger(b.r.target)
+	p, err := benchkit.StartPinger(b.r.target.Dialer())
 	if err != nil {
 		return nil, err
 	}
+	defer p.Stop() // a failed trial leaves no client behind
 	t0 := time.Now()
 	if out, err := exec.CommandContext(ctx, e.criuPath, dumpArgs...).CombinedOutput(); err != nil {
 		return nil, b.criuFailed("dump", dumpArgs, out, filepath.Join(work, "dump.log"), err)
 	}
 	t1 := time.Now()
+	// Like autopod, keep the newest images and delete the previous ones
+	// once the dump has succeeded. Deleting them earlier would hand the
+	// dump page-cache memory that is still warm in this VM (fresh memory
+	// is slow to touch here), deleting these at the end of the trial
+	// would spare them their write-back.
+	if b.rawPrev != "" {
+		os.RemoveAll(b.rawPrev)
+	}
+	b.rawPrev = dir
 	waitExit(pid) // the dumped init was this process's child: reap it
 	e.setRaw(b.r.name, 0)
 	// The pod's network namespace, and with it the host end of its veth,
@@ -371,16 +405,16 @@ func (b *crBench) rawTrial(ctx context.Context) (benchSample, error) {
 		return nil, fmt.Errorf("criu --pidfile: %q", raw)
 	}
 	e.setRaw(b.r.name, newPid)
-	gap, redials, err := p.finish(2 * time.Minute)
+	gap, redials, err := p.Finish(2 * time.Minute)
 	if err != nil {
 		return nil, err
 	}
-	s := benchSample{"checkpoint": seconds(t1.Sub(t0)), "restore": seconds(t3.Sub(t2)), "down": seconds(t3.Sub(t0)),
-		"pause": seconds(gap), "redials": float64(redials), "bytes": float64(dirBytes(dir))}
-	if v, ok := criuLogSeconds(filepath.Join(work, "dump.log")); ok {
+	s := benchkit.Sample{"checkpoint": benchkit.Seconds(t1.Sub(t0)), "restore": benchkit.Seconds(t3.Sub(t2)), "down": benchkit.Seconds(t3.Sub(t0)),
+		"pause": benchkit.Seconds(gap), "redials": float64(redials), "bytes": float64(dirBytes(dir))}
+	if v, ok := benchkit.CRIULogSeconds(filepath.Join(work, "dump.log")); ok {
 		s["criu_dump"] = v
 	}
-	if v, ok := criuLogSeconds(filepath.Join(work, "restore.log")); ok {
+	if v, ok := benchkit.CRIULogSeconds(filepath.Join(work, "restore.log")); ok {
 		s["criu_restore"] = v
 	}
 	return s, nil
@@ -393,17 +427,18 @@ func (b *crBench) criuFailed(op string, args []string, out []byte, log string, e
 }
 
 // coldTrial: SAVE, stop pod A, start it again, until redis has loaded.
-func (b *crBench) coldTrial(ctx context.Context) (benchSample, error) {
+func (b *crBench) coldTrial(ctx context.Context) (benchkit.Sample, error) {
 	m := b.e.m
-	ctl, err := b.a.target.dial(5 * time.Second)
+	ctl, err := b.a.target.Dial(5 * time.Second)
 	if err != nil {
 		return nil, err
 	}
-	p, err := startPinger(b.a.target)
+	p, err := benchkit.StartPinger(b.a.target.Dialer())
 	if err != nil {
 		ctl.Close()
 		return nil, err
 	}
+	defer p.Stop() // a failed trial leaves no client behind
 	t0 := time.Now()
 	_, err = ctl.Do(10*time.Minute, []byte("SAVE"))
 	ctl.Close()
@@ -427,11 +462,11 @@ func (b *crBench) coldTrial(ctx context.Context) (benchSample, error) {
 	if _, err := run(ctx, "ip", "neigh", "flush", "to", b.a.ip, "dev", benchBridge); err != nil {
 		return nil, err
 	}
-	if err := b.a.target.waitReady(5 * time.Minute); err != nil {
+	if err := b.a.target.WaitReady(5 * time.Minute); err != nil {
 		return nil, err
 	}
 	t3 := time.Now()
-	gap, redials, err := p.finish(2 * time.Minute)
+	gap, redials, err := p.Finish(2 * time.Minute)
 	if err != nil {
 		return nil, err
 	}
@@ -439,6 +474,6 @@ func (b *crBench) coldTrial(ctx context.Context) (benchSample, error) {
 	if err != nil {
 		return nil, err
 	}
-	return benchSample{"checkpoint": seconds(t1.Sub(t0)), "restore": seconds(t3.Sub(t2)), "down": seconds(t3.Sub(t0)),
-		"pause": seconds(gap), "redials": float64(redials), "bytes": float64(fi.Size())}, nil
+	return benchkit.Sample{"checkpoint": benchkit.Seconds(t1.Sub(t0)), "restore": benchkit.Seconds(t3.Sub(t2)), "down": benchkit.Seconds(t3.Sub(t0)),
+		"pause": benchkit.Seconds(gap), "redials": float64(redials), "bytes": float64(fi.Size())}, nil
 }

@@ -2,6 +2,7 @@ package pods
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,6 +124,12 @@ func TestHostVeth(t *testing.T) {
 	a, b := hostVeth("a-very-long-pod-name-1"), hostVeth("a-very-long-pod-name-2")
 	if len(a) > 15 || len(b) > 15 || a == b {
 		t.Fatalf("%q %q", a, b)
+	}
+}
+
+func TestPodMAC(t *testing.T) {
+	if got := podMAC(netip.MustParseAddr("10.77.0.10")); got != "0a:58:0a:4d:00:0a" {
+		t.Fatal(got)
 	}
 }
 

@@ -113,6 +113,7 @@ func setupNetwork(ctx context.Context, s Spec, pid int) error {
 	}
 	inner := [][]string{
 		{"ip", "link", "set", peer, "name", "eth0"},
+		{"ip", "link", "set", "eth0", "address", podMAC(s.Network.Address.Addr())},
 		{"ip", "addr", "add", s.Network.Address.String(), "dev", "eth0"},
 		{"ip", "link", "set", "eth0", "up"},
 		{"ip", "route", "add", "default", "via", s.Network.Gateway.String()},
@@ -143,12 +144,26 @@ func setPortForwarding(ctx context.Context, veth string, on bool) error {
 	return err
 }
 
-// removeVeth deletes the host end of the pod's veth if it is still there.
+// podMAC derives the pod's MAC address from its IPv4 address (locally
+// administered, 0a:58:a.b.c.d, as Kubernetes' bridge plugin does), so that
+// a restarted pod keeps its MAC and neighbours' ARP caches stay right; a
+// random MAC per start left clients sending to the old one for ~30 s.
+func podMAC(a netip.Addr) string {
+	b := a.As4()
+	return fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
+}
+
+// removeVeth deletes the host end of the pod's veth if it is still there
+// (the kernel removes it with the pod's network namespace, maybe while
+// this runs: "does not exist" is success).
 func removeVeth(ctx context.Context, pod string) error {
 	if _, err := run(ctx, "ip", "link", "show", "dev", hostVeth(pod)); err != nil {
 		return nil
 	}
-	_, err := run(ctx, "ip", "link", "del", hostVeth(pod))
+	out, err := run(ctx, "ip", "link", "del", hostVeth(pod))
+	if err != nil && (strings.Contains(out, "Cannot find device") || strings.Contains(out, "No such device")) {
+		return nil
+	}
 	return err
 }
 

@@ -55,6 +55,9 @@ func (r *Conn) Do(timeout time.Duration, args ...[]byte) (string, error) {
 		return "", err
 	}
 	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", fmt.Errorf("redis: empty reply line")
+	}
 	switch line[0] {
 	case '+', ':':
 		return line[1:], nil
