@@ -3,10 +3,12 @@ package pods
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strconv"
@@ -49,7 +51,7 @@ func EnsureBridge(ctx context.Context, name string, addr netip.Prefix) error {
 			}
 		}
 	}
-	if err := pinBridgeMAC(ctx, name); err != nil {
+	if err := pinBridgeMAC(ctx, name, addr); err != nil {
 		return err
 	}
 	_, err := run(ctx, "ip", "link", "set", name, "up")
@@ -61,19 +63,37 @@ func EnsureBridge(ctx context.Context, name string, addr netip.Prefix) error {
 // whenever a pod's veth comes or goes, and neighbours holding the old one
 // in their ARP caches lose the host: after a migration a peer could no
 // longer reach this host to ask how the migration ended.
-func pinBridgeMAC(ctx context.Context, name string) error {
+//
+// A bridge left without ports has the MAC 00:00:00:00:00:00; it then gets
+// one derived from its own address (as pods' are from theirs), or a random
+// locally administered one.
+func pinBridgeMAC(ctx context.Context, name string, addr netip.Prefix) error {
 	out, err := run(ctx, "ip", "-o", "link", "show", "dev", name)
 	if err != nil {
 		return err
 	}
+	mac := ""
 	f := strings.Fields(out)
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "link/ether" {
-			_, err := run(ctx, "ip", "link", "set", "dev", name, "address", f[i+1])
-			return err
+			mac = f[i+1]
 		}
 	}
-	return fmt.Errorf("bridge %s has no MAC address: %s", name, strings.TrimSpace(out))
+	if mac == "" {
+		return fmt.Errorf("bridge %s has no MAC address: %s", name, strings.TrimSpace(out))
+	}
+	if mac == "00:00:00:00:00:00" {
+		if addr.IsValid() && addr.Addr().Is4() {
+			mac = podMAC(addr.Addr())
+		} else {
+			b := make([]byte, 6)
+			rand.Read(b)
+			b[0] = b[0]&0xfe | 0x02 // unicast, locally administered
+			mac = net.HardwareAddr(b).String()
+		}
+	}
+	_, err = run(ctx, "ip", "link", "set", "dev", name, "address", mac)
+	return err
 }
 
 // hostVeth names the host end of a pod's veth: Linux allows 15 bytes, so
