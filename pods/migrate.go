@@ -390,23 +390,29 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		return res, fmt.Errorf("migrate %s to %s: %w", s.Name, peer, cause)
 	}
 
+	// sendPass sends one pass of files and waits for the peer to apply it.
+	sendPass := func(entries []fileEntry, deleted []string) error {
+		n, err := sendFiles(conn, entries, deleted)
+		sent += n
+		res.FileBytes += n
+		if err != nil {
+			return err
+		}
+		return conn.Expect("files-ok", nil)
+	}
+
 	// 2. Copy the pod's files while it runs.
 	report(PhaseFiles)
 	tree1, err := scanTree(roots)
 	if err != nil {
 		return rollback(err)
 	}
-	n, err := sendFiles(conn, tree1.entries, nil)
-	sent += n
-	res.FileBytes += n
-	if err == nil {
-		err = conn.Expect("files-ok", nil)
-	}
-	if err != nil {
+	if err := sendPass(tree1.entries, nil); err != nil {
 		return rollback(err)
 	}
 
-	// 3. Freeze: cut the pod off the network, dump it, leave it stopped.
+	// 3. Freeze: cut the pod off the network, freeze it, dump it; it stays
+	// frozen here until the peer has it or the migration is undone.
 	report(PhaseFreeze)
 	freezeAt = time.Now()
 	frozen = true
@@ -445,14 +451,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	if err != nil {
 		return rollback(err)
 	}
-	changed, deleted := tree2.changedSince(tree1)
-	n, err = sendFiles(conn, changed, deleted)
-	sent += n
-	res.FileBytes += n
-	if err == nil {
-		err = conn.Expect("files-ok", nil)
-	}
-	if err != nil {
+	if err := sendPass(tree2.changedSince(tree1)); err != nil {
 		return rollback(err)
 	}
 

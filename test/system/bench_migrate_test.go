@@ -3,7 +3,6 @@
 package system
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/autopod/autopod/test/resp"
 	"github.com/autopod/autopod/test/testbed"
 )
 
@@ -87,20 +85,7 @@ func benchMigrateSize(t *testing.T, size string, mib, trials int) string {
 	b.StartAgent(t)
 	bed.Pair(t)
 	waitPod(t, a, "kv", "running")
-	ctx := context.Background()
-	var fill *resp.Conn
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := bed.Dial(ctx, addr)
-		if err == nil {
-			fill = resp.New(c)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	fill := dialRedis(t, bed, addr)
 	if err := fill.FillRandom(mib, 1<<20); err != nil {
 		t.Fatal(err)
 	}

@@ -195,6 +195,26 @@ func waitPod(t *testing.T, h *testbed.Host, name, state string) podJSON {
 	}
 }
 
+// dialRedis connects from the client host once redis answers PING.
+func dialRedis(t *testing.T, bed *testbed.Bed, addr string) *resp.Conn {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := bed.Dial(context.Background(), addr)
+		if err == nil {
+			rc := resp.New(c)
+			if r, err := rc.Cmd("PING"); err == nil && r == "PONG" {
+				return rc
+			}
+			rc.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis at %s not reachable from the client host: %v", addr, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // valueSums hashes the n random values the test stored.
 func valueSums(t *testing.T, c *resp.Conn, n int) map[string][32]byte {
 	t.Helper()
@@ -219,23 +239,7 @@ func TestMigrateRoundTrip(t *testing.T) {
 	bed.Pair(t)
 	waitPod(t, a, "kv", "running")
 
-	ctx := context.Background()
-	var fill *resp.Conn
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := bed.Dial(ctx, addr)
-		if err == nil {
-			fill = resp.New(c)
-			if r, err := fill.Cmd("PING"); err == nil && r == "PONG" {
-				break
-			}
-			fill.Close()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis at %s not reachable from the client host: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	fill := dialRedis(t, bed, addr)
 	if err := fill.FillRandom(105, 1<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -297,22 +301,7 @@ func setupKV(t *testing.T, envA, envB []string) (*testbed.Bed, *testbed.Host, *t
 	b.StartAgent(t, envB...)
 	bed.Pair(t)
 	waitPod(t, a, "kv", "running")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := bed.Dial(context.Background(), addr)
-		if err == nil {
-			rc := resp.New(c)
-			r, err := rc.Cmd("SET", "before", "migration")
-			rc.Close()
-			if err == nil && r == "OK" {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis at %s not reachable: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	dialRedis(t, bed, addr).Close()
 	return bed, a, b, addr
 }
 
