@@ -423,3 +423,44 @@ func TestMigrateSourceCrashes(t *testing.T) {
 		}
 	})
 }
+
+func TestEvacuateAndReturn(t *testing.T) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	addrs := []string{kvPod(t, bed, a, "kv", 100), kvPod(t, bed, a, "kv2", 101)}
+	a.StartAgent(t)
+	b.StartAgent(t)
+	bed.Pair(t)
+	var loads []*load
+	for i, name := range []string{"kv", "kv2"} {
+		waitPod(t, a, name, "running")
+		dialRedis(t, bed, addrs[i]).Close()
+		loads = append(loads, startLoad(t, bed, addrs[i]))
+	}
+	out := a.MustCtl(t, "evacuate", "--to", "hostb")
+	t.Logf("evacuate:\n%s", out)
+	for _, name := range []string{"kv", "kv2"} {
+		if p := waitPod(t, b, name, "running"); p.Home != "hosta" {
+			t.Fatalf("%s on B: %+v", name, p)
+		}
+		if p := waitPod(t, a, name, "migrated"); p.Location != "hostb" {
+			t.Fatalf("%s on A: %+v", name, p)
+		}
+	}
+	if out, err := a.Ctl("start", "kv"); err == nil || !strings.Contains(out, "hostb") {
+		t.Fatalf("starting a pod that runs on a peer: %v\n%s", err, out)
+	}
+	out = a.MustCtl(t, "return")
+	t.Logf("return:\n%s", out)
+	for i, name := range []string{"kv", "kv2"} {
+		waitPod(t, a, name, "running")
+		if _, ok := podOn(t, b, name); ok {
+			t.Fatalf("%s still on B after return", name)
+		}
+		loads[i].pause()
+		acked := loads[i].finish(t)
+		if v, _ := loads[i].writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
+			t.Fatalf("%s: counter %s, %d acknowledged", name, v, acked)
+		}
+	}
+}
