@@ -763,7 +763,7 @@ func dbusError(err error) *dbus.Error {
 		name = DBusErrNotSupported
 	case errors.Is(err, peer.ErrUnknownPeer):
 		name = DBusErrUnknownPeer
-	case errors.Is(err, pods.ErrPeerRefused), errors.Is(err, peer.ErrRefused):
+	case errors.Is(err, pods.ErrPeerRefused), errors.Is(err, peer.ErrRefused), errors.Is(err, peer.ErrCertificateMismatch), errors.Is(err, peer.ErrUnpinnedPeer):
 		name = DBusErrPeerRefused
 	case errors.Is(err, peer.ErrNoIdentity):
 		name = DBusErrNoIdentity
