@@ -5,17 +5,17 @@ package agent
 // exercise the bus policy and credential passing, not a mock of them.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/autopod/autopod/test/testbus"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -42,73 +42,8 @@ func requireRoot(t *testing.T) {
 // directory that every user can traverse, and stops it at cleanup.
 func startTestBus(t *testing.T) *testBus {
 	t.Helper()
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("dbus-daemon not installed (apt-get install dbus-daemon, or scripts/deps.sh)")
-	}
-	conf, err := filepath.Abs(filepath.Join("..", "test", "dbus", "system-bus.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := shareableTempDir(t)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, daemon, "--config-file="+conf,
-		"--address=unix:path="+filepath.Join(dir, "bus"), "--nofork", "--nopidfile", "--print-address")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-	})
-
-	// The address is printed once the socket listens, so reading it is
-	// also the readiness check.
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- strings.TrimSpace(line)
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case addr := <-lines:
-		if addr == "" {
-			t.Fatalf("dbus-daemon printed no address; stderr: %s", stderr.String())
-		}
-		return &testBus{addr: addr, dir: dir}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("dbus-daemon did not start in 10s; stderr: %s", stderr.String())
-		return nil
-	}
-}
-
-// shareableTempDir returns a temporary directory that other users can
-// enter (t.TempDir's are 0700 at two levels), short enough for a socket
-// path (108 bytes).
-func shareableTempDir(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if len(dir) > 80 {
-		var err error
-		if dir, err = os.MkdirTemp("", "apbus"); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	}
-	for _, d := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	dir := testbus.ShareableTempDir(t)
+	return &testBus{addr: testbus.Start(t, dir), dir: dir}
 }
 
 // connect opens a connection to the bus, closed at cleanup.

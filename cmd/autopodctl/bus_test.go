@@ -6,7 +6,6 @@ package main
 // starter and the fake lives in this file.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,17 +13,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/autopod/autopod/test/testbus"
 
 	"github.com/godbus/dbus/v5"
 
@@ -37,49 +36,7 @@ import (
 // in a temporary directory and returns the address.
 func startBus(t *testing.T) string {
 	t.Helper()
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("dbus-daemon not installed (apt-get install dbus-daemon, or scripts/deps.sh)")
-	}
-	conf, err := filepath.Abs("../../test/dbus/system-bus.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "apctl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, daemon, "--config-file="+conf,
-		"--address=unix:path="+filepath.Join(dir, "bus"), "--nofork", "--nopidfile", "--print-address")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); _ = cmd.Wait() })
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- strings.TrimSpace(line)
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case addr := <-lines:
-		if addr == "" {
-			t.Fatalf("dbus-daemon: %s", stderr.String())
-		}
-		return addr
-	case <-time.After(10 * time.Second):
-		t.Fatalf("dbus-daemon did not start: %s", stderr.String())
-		return ""
-	}
+	return testbus.Start(t, testbus.ShareableTempDir(t))
 }
 
 // fakeManager is the least PodManager the CLI tests need; it is also

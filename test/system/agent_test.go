@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autopod/autopod/test/testbus"
+
 	"github.com/autopod/autopod/test/testbed"
 )
 
@@ -54,27 +56,13 @@ func newHarness(t *testing.T) *harness {
 	if os.Geteuid() != 0 {
 		t.Fatal("the system tier must run as root")
 	}
-	root := testbed.RepoRoot()
 	dir := t.TempDir()
 	// nobody must reach the bus socket for the authorisation checks.
 	os.Chmod(dir, 0o755)
 	os.Chmod(filepath.Dir(dir), 0o755)
 	h := &harness{t: t, dir: dir, bin: filepath.Join(dir, "bin")}
 	testbed.Build(t, h.bin)
-	sock := filepath.Join(dir, "bus")
-	h.bus = "unix:path=" + sock
-	bus := exec.Command("dbus-daemon", "--config-file="+filepath.Join(root, "test/dbus/system-bus.conf"),
-		"--address="+h.bus, "--nofork", "--nopidfile")
-	// dbus-daemon warns that it cannot raise its fd limit (root here lacks
-	// CAP_SYS_RESOURCE); keep its chatter out of the test output.
-	busLog, _ := os.Create(filepath.Join(dir, "dbus-daemon.log"))
-	bus.Stdout, bus.Stderr = busLog, busLog
-	if err := bus.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bus.Process.Kill(); bus.Wait() })
-	waitFor(t, 5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
-	os.Chmod(sock, 0o666)
+	h.bus = testbus.Start(t, dir)
 
 	pods := filepath.Join(dir, "pods")
 	os.MkdirAll(pods, 0o755)

@@ -25,6 +25,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/autopod/autopod/test/testbus"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -62,7 +64,6 @@ type Host struct {
 	DataDir string // what this host sees at Bed.Shared
 	agent   *exec.Cmd
 	exited  chan struct{}
-	busCmd  *exec.Cmd
 }
 
 func run(args ...string) (string, error) {
@@ -170,16 +171,9 @@ func (b *Bed) addHost(t testing.TB, i int) {
 	must(t, "ip", "-n", h.Netns, "addr", "add", h.Addr+"/24", "dev", "autopod0")
 	must(t, "ip", "-n", h.Netns, "link", "set", "autopod0", "up")
 
-	sock := filepath.Join(h.Dir, "bus")
-	h.Bus = "unix:path=" + sock
-	busLog, _ := os.Create(filepath.Join(h.Dir, "dbus-daemon.log"))
-	h.busCmd = exec.Command("dbus-daemon", "--config-file="+filepath.Join(RepoRoot(), "test/dbus/system-bus.conf"),
-		"--address="+h.Bus, "--nofork", "--nopidfile")
-	h.busCmd.Stdout, h.busCmd.Stderr = busLog, busLog
-	if err := h.busCmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	// Stopped by its own cleanup, which runs before Bed.Close (registered
+	// earlier): Close needs no bus, it signals the agents directly.
+	h.Bus = testbus.Start(t, h.Dir)
 
 	h.Config = filepath.Join(h.Dir, "autopod.toml")
 	os.WriteFile(h.Config, []byte(fmt.Sprintf(`criu_path = %q
@@ -388,10 +382,6 @@ func (b *Bed) Close() {
 				fmt.Sscan(f, &pid)
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
-		}
-		if h.busCmd != nil {
-			h.busCmd.Process.Kill()
-			h.busCmd.Wait()
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
