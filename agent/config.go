@@ -8,10 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/autopod/autopod/pods"
 )
 
 // DefaultConfigFile is where the agent reads its configuration from.
@@ -42,6 +45,9 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// Watchdog enables the systemd watchdog keepalive.
 	Watchdog bool `toml:"watchdog"`
+	// MigrationStrategy is how pods move to peers: "auto" picks post-copy
+	// where both hosts can run it, else stop-and-copy.
+	MigrationStrategy string `toml:"migration_strategy"`
 }
 
 // Paths of the CRIU binary: the bundled build, if installed, wins.
@@ -68,6 +74,8 @@ func DefaultConfig() Config {
 		CgroupRoot:    "autopod",
 		LogLevel:      "info",
 		Watchdog:      true,
+
+		MigrationStrategy: "auto",
 	}
 }
 
@@ -188,6 +196,9 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if !slices.Contains(pods.Strategies, c.MigrationStrategy) {
+		return bad("migration_strategy", "must be one of %s, got %q", strings.Join(pods.Strategies, ", "), c.MigrationStrategy)
 	}
 	return nil
 }

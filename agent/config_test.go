@@ -31,6 +31,8 @@ func TestConfigDefaults(t *testing.T) {
 		CgroupRoot:    "autopod",
 		LogLevel:      "info",
 		Watchdog:      true,
+
+		MigrationStrategy: "auto",
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -114,6 +116,7 @@ peer_port = 9000
 cgroup_root = "autopod.slice"
 log_level = "debug"
 watchdog = false
+migration_strategy = "stop-and-copy"
 `)
 	got, err := LoadConfig(p)
 	if err != nil {
@@ -130,6 +133,8 @@ watchdog = false
 		CgroupRoot:    "autopod.slice",
 		LogLevel:      "debug",
 		Watchdog:      false,
+
+		MigrationStrategy: "stop-and-copy",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
@@ -166,6 +171,7 @@ func TestConfigBad(t *testing.T) {
 		{"cgroup_root slash", "cgroup_root = \"a/b\"\n", `:1: cgroup_root: must be a directory name (no '/'), got "a/b"`},
 		{"cgroup_root empty", "cgroup_root = \"\"\n", `:1: cgroup_root: must be a directory name (no '/'), got ""`},
 		{"log level", "log_level = \"verbose\"\n", `:1: log_level: must be debug, info, warn or error, got "verbose"`},
+		{"strategy", "migration_strategy = \"live\"\n", `:1: migration_strategy: must be one of auto, stop-and-copy, post-copy, pre-copy, got "live"`},
 		{"watchdog type", "watchdog = \"yes\"\n", `:1: watchdog: incompatible types: TOML value has type string; destination has type boolean`},
 		{"unknown key", "log_level = \"info\"\nlisten = \":80\"\n", `:2: listen: unknown key`},
 		{"unknown table", "watchdog = true\n\n[peer]\nport = 1\n", `:3: peer: unknown key`},

@@ -190,6 +190,7 @@ func (m migrationConn) SendError(err error) error       { return m.c.SendError(e
 func (m migrationConn) SetDeadline(t time.Time) error   { return m.c.SetDeadline(t) }
 func (m migrationConn) Close() error                    { return m.c.Close() }
 func (m migrationConn) Expect(t string, body any) error { return remote(m.c.Expect(t, body)) }
+func (m migrationConn) Raw() pods.RawConn               { return m.c.Raw() }
 func (m migrationConn) SendStream(r io.Reader) (int64, string, error) {
 	return m.c.SendStream(r)
 }

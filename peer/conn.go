@@ -146,6 +146,38 @@ func (c *Conn) RemoteAddr() net.Addr {
 	return c.nc.RemoteAddr()
 }
 
+// Raw hands the connection over to a byte stream that this protocol does not
+// frame, such as a relay of CRIU's page-server protocol, after the messages that
+// set it up. Reads continue with what the Conn had buffered; writes go straight to
+// the TLS connection (every message is flushed when sent, so nothing is pending).
+// TLS still authenticates and protects every byte. CloseWrite ends the stream in
+// this direction (a TLS close_notify): the other side reads EOF and may still
+// write. After Raw, use only the returned RawConn, SetDeadline and Close.
+func (c *Conn) Raw() RawConn {
+	return rawConn{r: c.r, w: c.wraw, nc: c.nc}
+}
+
+// RawConn is a connection handed over by Raw.
+type RawConn interface {
+	io.ReadWriter
+	CloseWrite() error
+}
+
+type rawConn struct {
+	r  io.Reader
+	w  io.Writer
+	nc net.Conn
+}
+
+func (rc rawConn) Read(p []byte) (int, error)  { return rc.r.Read(p) }
+func (rc rawConn) Write(p []byte) (int, error) { return rc.w.Write(p) }
+func (rc rawConn) CloseWrite() error {
+	if cw, ok := rc.nc.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("connection cannot be half-closed")
+}
+
 // envelope is the payload of a JSON frame.
 type envelope struct {
 	Type string `json:"type"`

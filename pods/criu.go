@@ -172,9 +172,31 @@ type criuRequest struct {
 	// the images name the cgroups of the host that dumped them.
 	CgroupRoot        string
 	CgroupControllers []string // controller names as /proc/PID/cgroup shows them
-	// postRestore runs when CRIU has restored the tree, before the tasks
-	// resume and before the network lock is lifted.
-	postRestore func() error
+	// postRestore runs when CRIU has restored the tree (pid is its init),
+	// before the tasks resume and before the network lock is lifted.
+	postRestore func(pid int) error
+	// Lazy dumps everything but the memory and then serves the pages on
+	// PageServerPort (every address; see guardPort) until a lazy-pages
+	// daemon took them all; the Dump call returns only then. On restore
+	// it fetches pages on demand through the daemon sharing WorkDir.
+	Lazy           bool
+	PageServerPort int
+	// postDump runs when a dump has written its images (for a lazy dump:
+	// all but the memory, before the page server opens).
+	postDump func() error
+}
+
+// dumpNotify calls postDump, then the inner notifications.
+type dumpNotify struct {
+	criu.Notify
+	post func() error
+}
+
+func (n dumpNotify) PostDump() error {
+	if err := n.Notify.PostDump(); err != nil {
+		return err
+	}
+	return n.post()
 }
 
 func (r criuRequest) opts(imgDir, workDir *os.File) *rpc.CriuOpts {
@@ -236,11 +258,18 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	for target := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+target)
 	}
+	if r.Lazy {
+		o.LazyPages = proto.Bool(true)
+		o.Ps = &rpc.CriuPageServerInfo{Port: proto.Int32(int32(r.PageServerPort))}
+	}
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)
 	var nfy criu.Notify = criu.NoNotify{}
 	if r.notify != nil {
 		nfy = r.notify
+	}
+	if r.postDump != nil {
+		nfy = dumpNotify{Notify: nfy, post: r.postDump}
 	}
 	if err := cr.Dump(o, nfy); err != nil {
 		return c.fail("dump", r, err)
@@ -272,7 +301,7 @@ type restoreNotify struct {
 	criu.NoNotify
 	pid   int
 	inner criu.Notify
-	post  func() error
+	post  func(pid int) error
 }
 
 func (n *restoreNotify) PostRestore(pid int32) error {
@@ -280,7 +309,7 @@ func (n *restoreNotify) PostRestore(pid int32) error {
 	// Isolation first: if anything after it fails, CRIU kills the tree
 	// and nothing it sends while dying may reach a client.
 	if n.post != nil {
-		if err := n.post(); err != nil {
+		if err := n.post(int(pid)); err != nil {
 			return err
 		}
 	}
@@ -305,6 +334,9 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	o := r.opts(img, work)
 	o.Root = proto.String(r.Root)
 	o.RstSibling = proto.Bool(true)
+	if r.Lazy {
+		o.LazyPages = proto.Bool(true)
+	}
 	for _, ctl := range r.CgroupControllers {
 		// Only the hierarchies the pod has its own cgroup in are remapped;
 		// the others (cpuset, devices...) stay where they were.

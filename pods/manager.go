@@ -41,6 +41,12 @@ type ManagerConfig struct {
 	// checkpoints and migrations (and with CRIU's notifications); an error
 	// makes that step fail. Nil in normal operation.
 	Fault func(step string) error
+	// Criu is what the agent's probe found out about CRIU; nil makes
+	// NewManager probe it.
+	Criu *CriuInfo
+	// MigrationStrategy is the strategy to migrate pods with: "auto" (the
+	// default) or one of Strategies.
+	MigrationStrategy string
 }
 
 func (c *ManagerConfig) fill() error {
@@ -121,8 +127,13 @@ type Manager struct {
 	pods map[string]*pod
 	subs []func(Event)
 
-	dialer    PeerDialer
-	committed map[string]bool // migrations committed as the source since start
+	dialer     PeerDialer
+	committed  map[string]bool // migrations committed as the source since start
+	strategies StrategySupport
+	// received are the post-copy migrations in that completed since start.
+	received map[string]bool
+	// pageServers are the page servers of post-copy migrations out.
+	pageServers map[string]pageServer
 
 	// fault, set only by tests, is handed CRIU's notifications so a test
 	// can make a real CRIU operation fail at a chosen step.
@@ -154,7 +165,13 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		return nil, fmt.Errorf("install pod init: %w", err)
 	}
 	m.initHash = h
-	m.criuVersion = criuVersion(context.Background(), cfg.CriuPath)
+	info := cfg.Criu
+	if info == nil {
+		probed := ProbeCriu(context.Background(), cfg.CriuPath)
+		info = &probed
+	}
+	m.criuVersion = info.Version
+	m.strategies = ProbeStrategies(*info)
 	return m, nil
 }
 
@@ -246,6 +263,7 @@ func (m *Manager) readPersisted(name string) (persisted, bool) {
 // the agent was away, and starts the pods that should run. A bad file
 // makes an "invalid" pod carrying the error; the others are served.
 func (m *Manager) Load(ctx context.Context) []error {
+	sweepPageServerGuards(ctx)
 	return m.sync(ctx, true)
 }
 
@@ -432,10 +450,18 @@ func (m *Manager) recoverMigration(ctx context.Context, p *pod) {
 			m.cleanup(ctx, name)
 		}
 		m.finishOut(p, mg.Txn, mg.Peer)
+	case mg.Role == "out" && mg.Phase == "postcopy":
+		m.clearOutgoing(ctx, name)
+		// The peer may run the pod with all its memory, or have destroyed
+		// an incomplete copy: only it knows. Until it says, this frozen
+		// copy stays frozen and cut off.
+		log.Warn("an outgoing post-copy migration was interrupted; asking the peer how it ended")
+		go m.resolvePostcopy(p, mg.Txn, mg.Peer)
 	case mg.Role == "out":
 		// No commit decision was made: the source copy is the pod. Resume it.
 		log.Warn("undoing an interrupted outgoing migration: resuming the pod here")
 		if live {
+			m.clearOutgoing(ctx, name)
 			if p.spec.Network.Address.IsValid() {
 				_ = setPortForwarding(ctx, hostVeth(name), true)
 			}

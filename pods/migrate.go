@@ -30,7 +30,18 @@ type MigrationConn interface {
 	SendStream(r io.Reader) (int64, string, error)
 	RecvStream(w io.Writer) (int64, string, error)
 	SetDeadline(t time.Time) error
+	// Raw hands the connection over to an unframed byte stream (the
+	// relay of CRIU's page-server protocol) after the messages that set
+	// it up; afterwards only SetDeadline and Close may be called.
+	Raw() RawConn
 	Close() error
+}
+
+// RawConn is a connection handed over by MigrationConn.Raw. CloseWrite
+// ends the stream in one direction; the other side reads EOF.
+type RawConn interface {
+	io.ReadWriter
+	CloseWrite() error
 }
 
 // ErrRemote wraps an error that the peer reported over the connection
@@ -81,6 +92,7 @@ const (
 	PhaseDelta    = "files-delta"
 	PhaseImages   = "images"
 	PhaseRestore  = "restore"
+	PhaseMemory   = "memory" // post-copy: the pod runs on the peer, its memory follows
 	PhaseCommit   = "commit"
 	PhaseDone     = "done"
 	PhaseRollback = "rollback"
@@ -100,6 +112,8 @@ type MigrationResult struct {
 	Peer       string        `json:"peer"`
 	FileBytes  int64         `json:"file_bytes"`
 	ImageBytes int64         `json:"image_bytes"`
+	PageBytes  int64         `json:"page_bytes"` // post-copy: memory moved after the pod resumed
+	Strategy   string        `json:"strategy"`
 	Frozen     time.Duration `json:"frozen_ns"` // from isolating the pod to its exposure on the peer
 	Total      time.Duration `json:"total_ns"`
 }
@@ -112,12 +126,26 @@ type migrateOffer struct {
 	CriuVersion string   `json:"criu_version"`
 	Kernel      string   `json:"kernel"`
 	Roots       []string `json:"roots"` // directories and files copied with the pod
+	// Strategy is the one the source asks for ("auto" lets the peer pick
+	// the best both can run); Support is what the source can run.
+	Strategy string          `json:"strategy,omitempty"`
+	Support  StrategySupport `json:"support"`
+	// Neighbours are the pod's resolved neighbours, seeded into the
+	// restored pod's empty ARP table.
+	Neighbours []neighbour `json:"neighbours,omitempty"`
 }
 type migrateAccept struct {
-	NeedInit bool `json:"need_init"`
+	NeedInit bool   `json:"need_init"`
+	Strategy string `json:"strategy,omitempty"` // "" from peers that know only stop-and-copy
 }
 type imagesMsg struct {
 	Files []ImageFile `json:"files"`
+}
+
+// commitMsg lets the destination expose its copy, and hands it the
+// frames the source held for the pod while it was frozen.
+type commitMsg struct {
+	Frames [][]byte `json:"frames,omitempty"`
 }
 type restoredMsg struct {
 	Pid int `json:"pid"` // host pid on the destination
@@ -273,6 +301,18 @@ func (m *Manager) ServePeer(ctx context.Context, conn MigrationConn) error {
 		defer m.release(p)
 		_, err = m.migrateOut(ctx, p, conn, nil)
 		return err
+	case "postcopy-status":
+		var ref txnRef
+		if err := json.Unmarshal(body, &ref); err != nil {
+			return err
+		}
+		return conn.Send("postcopy-status", postcopyStatusMsg{Status: m.postcopyStatus(ref.Txn, conn.PeerName())})
+	case "page-relay":
+		var req pageRelayReq
+		if err := json.Unmarshal(body, &req); err != nil {
+			return err
+		}
+		return m.servePageRelay(ctx, conn, req)
 	case "txn-status":
 		var ref txnRef
 		if err := json.Unmarshal(body, &ref); err != nil {
@@ -343,7 +383,14 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		return res, err
 	}
 	roots := syncRoots(s)
-	offer := migrateOffer{Txn: txn, Pod: s, InitHash: initHash, CriuVersion: m.criuVersion, Kernel: kernelRelease(), Roots: roots}
+	var neighbours []neighbour
+	if s.Network.Address.IsValid() {
+		if neighbours, err = podNeighbours(ctx, pid); err != nil {
+			m.cfg.Log.Warn("list the pod's neighbours", "pod", s.Name, "err", err)
+		}
+	}
+	offer := migrateOffer{Neighbours: neighbours, Txn: txn, Pod: s, InitHash: initHash, CriuVersion: m.criuVersion, Kernel: kernelRelease(), Roots: roots,
+		Strategy: m.cfg.MigrationStrategy, Support: m.strategies}
 	if err := conn.Send("migrate-offer", offer); err != nil {
 		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
 	}
@@ -359,6 +406,27 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 			return res, fmt.Errorf("migrate %s: send init: %w", s.Name, err)
 		}
 	}
+	res.Strategy = acc.Strategy
+	if res.Strategy == "" {
+		res.Strategy = StrategyStopAndCopy
+	}
+	lazy := res.Strategy == StrategyPostCopy
+	var pagePort int
+	if lazy {
+		err := ensurePipeSize()
+		if err == nil {
+			pagePort, err = freePort()
+		}
+		var unguard func()
+		if err == nil {
+			unguard, err = guardPort(ctx, pagePort)
+		}
+		if err != nil {
+			conn.SendError(err)
+			return res, fmt.Errorf("migrate %s: post-copy: %w", s.Name, err)
+		}
+		defer unguard()
+	}
 
 	m.mu.Lock()
 	p.st.Migration = &migrationState{Txn: txn, Peer: peer, Role: "out", Phase: "transfer"}
@@ -368,9 +436,20 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	frozen := false
 	var freezeAt time.Time
 	hasNet := s.Network.Address.IsValid()
+	// dumpDone reports the end of a lazy dump, which runs on while it
+	// serves the pod's memory (lazyRunning).
+	dumpDone := make(chan error, 1)
+	lazyRunning := false
+	var held *trafficHold
 	rollback := func(cause error) (MigrationResult, error) {
 		report(PhaseRollback)
 		conn.SendError(cause)
+		if lazyRunning {
+			m.abandonLazyDump(pagePort, dumpDone)
+		}
+		if held != nil {
+			held.release()
+		}
 		if hasNet {
 			if err := setPortForwarding(context.Background(), hostVeth(s.Name), true); err != nil {
 				cause = errors.Join(cause, err)
@@ -401,6 +480,17 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		return conn.Expect("files-ok", nil)
 	}
 
+	// Ready to hold the pod's traffic during the freeze, rather than drop
+	// it (see hold.go); without it, the pod's port is disabled instead.
+	if hasNet {
+		if held, err = prepareHold(ctx, hostVeth(s.Name)); err != nil {
+			m.cfg.Log.Warn("cannot hold the pod's traffic while it is frozen; it will be dropped", "pod", s.Name, "err", err)
+			held = nil
+		} else {
+			defer held.release()
+		}
+	}
+
 	// 2. Copy the pod's files while it runs.
 	report(PhaseFiles)
 	tree1, err := scanTree(roots)
@@ -416,7 +506,11 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	report(PhaseFreeze)
 	freezeAt = time.Now()
 	frozen = true
-	if hasNet {
+	if held != nil {
+		if err := held.hold(ctx); err != nil {
+			return rollback(err)
+		}
+	} else if hasNet {
 		if err := setPortForwarding(ctx, hostVeth(s.Name), false); err != nil {
 			return rollback(err)
 		}
@@ -438,7 +532,27 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		req.notify = faultNotify{fault: m.fault}
 	}
 	report(PhaseDump)
-	if err := m.criu.Dump(ctx, req); err != nil {
+	// A lazy dump writes all but the memory, says so (post-dump), then
+	// serves the pages until the peer has them all: it runs on.
+	if lazy {
+		written := make(chan struct{})
+		req.Lazy, req.PageServerPort = true, pagePort
+		req.postDump = func() error { close(written); return nil }
+		pageBytes := m.addPageServer(txn, peer, pagePort)
+		defer func() { res.PageBytes = pageBytes.Load() }()
+		defer m.dropPageServer(txn)
+		lazyRunning = true
+		go func() { dumpDone <- m.criu.Dump(ctx, req) }()
+		select {
+		case <-written:
+		case err := <-dumpDone:
+			lazyRunning = false
+			if err == nil {
+				err = errors.New("lazy dump ended before it wrote its images")
+			}
+			return rollback(err)
+		}
+	} else if err := m.criu.Dump(ctx, req); err != nil {
 		return rollback(err)
 	}
 	if err := m.faultAt("after-dump"); err != nil {
@@ -487,6 +601,61 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		return rollback(err)
 	}
 
+	if lazy {
+		// 6'. Post-copy: the peer exposes its copy and fetches the memory
+		// while this copy stays frozen with all of it. Until the peer has
+		// every page, a failure there destroys the peer's copy and this
+		// one resumes; when the outcome is unknown this copy stays frozen
+		// and isolated until the peer answers (resolvePostcopy).
+		m.mu.Lock()
+		p.st.Migration.Phase = "postcopy"
+		if err := m.persist(p); err != nil {
+			p.st.Migration.Phase = "transfer"
+			m.mu.Unlock()
+			return rollback(fmt.Errorf("persist post-copy phase: %w", err))
+		}
+		m.mu.Unlock()
+		unknown := func(cause error) (MigrationResult, error) {
+			go func() {
+				if err := <-dumpDone; err != nil {
+					m.cfg.Log.Warn("lazy dump ended", "pod", s.Name, "err", err)
+				}
+				m.resolvePostcopy(p, txn, peer)
+			}()
+			return res, fmt.Errorf("migrate %s to %s: post-copy interrupted (%w); the pod stays frozen here until %s says whether its copy got all the memory", s.Name, peer, cause, peer)
+		}
+		if err := conn.Send("commit", commitMsg{Frames: held.take()}); err != nil {
+			return unknown(err)
+		}
+		if err := conn.Expect("exposed", nil); err != nil {
+			if errors.Is(err, ErrRemote) {
+				lazyRunning = false
+				return rollback(err)
+			}
+			return unknown(err)
+		}
+		res.Frozen = time.Since(freezeAt)
+		report(PhaseMemory)
+		if err := m.faultAt("postcopy-out"); err != nil {
+			// Failure tests: as if the link broke here.
+			conn.Close()
+		}
+		derr := <-dumpDone
+		lazyRunning = false
+		conn.SetDeadline(time.Now().Add(2 * time.Minute))
+		cerr := conn.Expect("committed", nil)
+		switch {
+		case errors.Is(cerr, ErrRemote):
+			// The peer destroyed its incomplete copy before saying so.
+			return rollback(errors.Join(cerr, derr))
+		case cerr != nil:
+			return unknown(errors.Join(cerr, derr))
+		case derr != nil:
+			// The peer has every page although the dump complains.
+			m.cfg.Log.Warn("lazy dump reported an error after the peer had every page", "pod", s.Name, "err", derr)
+		}
+	}
+
 	// 7. Commit: decide durably, destroy the source copy, let the peer
 	// expose its copy. From here on the pod lives on the peer.
 	report(PhaseCommit)
@@ -507,18 +676,23 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		m.cfg.Log.Error("fault after the commit decision", "err", err)
 	}
 	m.killFrozen(s.Name, pid, ch)
-	if err := conn.Send("commit", nil); err == nil {
-		err = conn.Expect("committed", nil)
-		if err != nil {
-			// The peer asks for the decision when it cannot get this far.
-			m.cfg.Log.Warn("peer did not confirm the commit; it will ask for the decision", "pod", s.Name, "peer", peer, "err", err)
+	if !lazy {
+		if err := conn.Send("commit", commitMsg{Frames: held.take()}); err == nil {
+			err = conn.Expect("committed", nil)
+			if err != nil {
+				// The peer asks for the decision when it cannot get this far.
+				m.cfg.Log.Warn("peer did not confirm the commit; it will ask for the decision", "pod", s.Name, "peer", peer, "err", err)
+			}
 		}
+		res.Frozen = time.Since(freezeAt)
 	}
-	res.Frozen = time.Since(freezeAt)
 	m.finishOut(p, txn, peer)
+	// The peer waits for this before it reports the pod arrived, so that
+	// the pod is listed on one host only when the command returns.
+	conn.Send("released", nil)
 	res.Total = time.Since(start)
 	report(PhaseDone)
-	m.cfg.Log.Info("pod migrated", "pod", s.Name, "peer", peer, "frozen", res.Frozen, "total", res.Total,
+	m.cfg.Log.Info("pod migrated", "pod", s.Name, "peer", peer, "strategy", res.Strategy, "frozen", res.Frozen, "total", res.Total,
 		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes)
 	return res, nil
 }
@@ -631,6 +805,13 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 			return refuse(fmt.Errorf("bad directory in offer: %q", r))
 		}
 	}
+	strategy := StrategyStopAndCopy
+	if offer.Strategy != "" {
+		if strategy, err = pickStrategy(offer.Strategy, m.strategies, offer.Support); err != nil {
+			return refuse(err)
+		}
+	}
+	lazy := strategy == StrategyPostCopy
 
 	// Register the pod: a new guest, or one of ours coming home.
 	m.mu.Lock()
@@ -654,10 +835,14 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	defer m.release(p)
 
 	var pid int
+	var daemon *lazyDaemon
 	fail := func(cause error) error {
 		// Clean up first, then tell the source: once it hears of the
 		// failure, this host holds no copy.
 		defer conn.SendError(cause)
+		if daemon != nil {
+			daemon.kill()
+		}
 		if pid > 0 {
 			_ = unix.Kill(pid, unix.SIGKILL)
 			waitExit(pid)
@@ -678,7 +863,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 
 	initPath := m.initPath(offer.InitHash)
 	_, statErr := os.Stat(initPath)
-	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil}); err != nil {
+	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy}); err != nil {
 		return fail(err)
 	}
 	if statErr != nil {
@@ -718,8 +903,17 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	}
 	report(PhaseRestore)
 	// Restore isolated: the host end of the veth stays outside the bridge
-	// until the source has destroyed its copy.
-	pid, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir)
+	// until the source has destroyed its copy (post-copy: frozen it for
+	// good, with the memory this copy fetches).
+	pagePort := 0
+	if lazy {
+		port, _, err := m.startPageRelay(ctx, peer, offer.Txn)
+		if err != nil {
+			return fail(err)
+		}
+		pagePort = port
+	}
+	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours)
 	if err != nil {
 		return fail(err)
 	}
@@ -728,6 +922,10 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	p.st.Spec, p.st.InitHash, p.st.Pid = &s, offer.InitHash, pid
 	p.st.StartTime, _ = procStartTime(pid)
 	p.st.Migration.Phase = "restored"
+	if lazy {
+		// Incomplete until the daemon has every page: a restart kills it.
+		p.st.Migration.Phase = "postcopy"
+	}
 	p.stopping = false
 	p.exited = make(chan struct{})
 	m.persist(p)
@@ -736,12 +934,16 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	if err := m.faultAt("before-restored"); err != nil {
 		return fail(err)
 	}
+	if lazy {
+		return m.postCopyIn(ctx, conn, p, offer.Txn, daemon, fail, report)
+	}
 	if err := conn.Send("restored", restoredMsg{Pid: pid}); err != nil {
 		go m.resolveIncoming(p, offer.Txn, peer)
 		return err
 	}
 	conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	if err := conn.Expect("commit", nil); err != nil {
+	var cm commitMsg
+	if err := conn.Expect("commit", &cm); err != nil {
 		if errors.Is(err, ErrRemote) {
 			// The source aborted and resumed its copy.
 			return fail(err)
@@ -753,25 +955,44 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	if err := m.expose(ctx, p); err != nil {
 		m.cfg.Log.Error("expose migrated pod", "pod", s.Name, "err", err)
 	}
-	conn.Send("committed", nil)
+	m.deliverHeld(s, cm.Frames)
+	if conn.Send("committed", nil) == nil {
+		awaitRelease(conn)
+	}
 	report(PhaseDone)
 	return nil
 }
 
-// expose attaches a restored pod to its bridge and announces its address.
+// awaitRelease waits a little for the source to say it dropped the pod.
+// The pod is here either way; this only orders what the two hosts list.
+func awaitRelease(conn MigrationConn) {
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = conn.Expect("released", nil)
+}
+
+// exposePort attaches a restored pod to its bridge and announces its address.
+func exposePort(ctx context.Context, s Spec, pid int) error {
+	if !s.Network.Address.IsValid() {
+		return nil
+	}
+	if err := setPortForwarding(ctx, hostVeth(s.Name), true); err != nil {
+		host, _ := run(ctx, "ip", "-br", "link", "show", "dev", hostVeth(s.Name))
+		pod, _ := inNetns(ctx, pid, "ip", "-br", "link", "show", "dev", "eth0")
+		return fmt.Errorf("%w (host end: %s; pod end: %s)", err, strings.TrimSpace(host), strings.TrimSpace(pod))
+	}
+	// In the background: arping takes its time, and the source waits
+	// for "committed" before it reports the migration done.
+	go announce(context.Background(), pid, s)
+	return nil
+}
+
+// expose attaches a restored pod to its bridge, announces its address and
+// records that the pod runs here.
 func (m *Manager) expose(ctx context.Context, p *pod) error {
 	m.mu.Lock()
 	s, pid, home := p.spec, p.st.Pid, p.st.Home
 	m.mu.Unlock()
-	var err error
-	if s.Network.Address.IsValid() {
-		err = setPortForwarding(ctx, hostVeth(s.Name), true)
-		if err == nil {
-			// In the background: arping takes its time, and the source
-			// waits for "committed" before it reports the migration done.
-			go announce(context.Background(), pid, s)
-		}
-	}
+	err := exposePort(ctx, s, pid)
 	m.mu.Lock()
 	p.st.Migration = nil
 	if home == "" {
@@ -783,13 +1004,21 @@ func (m *Manager) expose(ctx context.Context, p *pod) error {
 	return err
 }
 
-// announce makes the switches and neighbours learn the pod's new place:
-// gratuitous ARP from inside the pod, and a packet to its gateway.
+// announce makes the switches and neighbours learn the pod's new place
+// (gratuitous ARP from inside the pod; a ping to its gateway where arping
+// fails), and resolves the neighbours the pod waits for.
 func announce(ctx context.Context, pid int, s Spec) {
 	addr := s.Network.Address.Addr().String()
-	if _, err := inNetns(ctx, pid, "arping", "-U", "-c", "2", "-i", "0.2", "-w", "1", "-I", "eth0", addr); err != nil {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		kickNeighbours(ctx, pid)
+	}()
+	// iputils arping: -U sends unsolicited ARP, one a second.
+	if _, err := inNetns(ctx, pid, "arping", "-U", "-c", "1", "-w", "1", "-I", "eth0", addr); err != nil {
 		_, _ = inNetns(ctx, pid, "ping", "-c", "1", "-W", "1", s.Network.Gateway.String())
 	}
+	<-done
 }
 
 // resolveIncoming asks the source how a migration ended when the
@@ -888,18 +1117,25 @@ func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
 }
 
 // restoreIsolated restores a migrated pod with its veth outside the bridge.
-func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string) (pid int, err error) {
+// With a pagePort it restores lazily: a CRIU lazy-pages daemon, returned
+// running, fetches the memory from the page server reached at
+// 127.0.0.1:pagePort (the relay to the source).
+func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string, pagePort int, neighbours []neighbour) (pid int, daemon *lazyDaemon, err error) {
 	if err := m.cg.create(s.Name, s.Limits); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer func() {
 		if err != nil {
+			if daemon != nil {
+				daemon.kill()
+				daemon = nil
+			}
 			m.cleanup(context.Background(), s.Name)
 		}
 	}()
 	workDir := filepath.Join(m.podDir(s.Name), "criu-logs")
 	if err := os.MkdirAll(workDir, 0o700); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if f, err := os.OpenFile(m.logPath(s.Name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640); err == nil {
 		fmt.Fprintf(f, "--- autopod: restoring migrated pod %s at %s\n", s.Name, time.Now().UTC().Format(time.RFC3339))
@@ -910,21 +1146,38 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 	if s.Network.Address.IsValid() {
 		br := m.bridgeFor(s)
 		if err := m.ensureBridge(ctx, br); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		_ = removeVeth(ctx, s.Name)
 		req.Veth, req.Bridge = hostVeth(s.Name), br
 		// CRIU notifies post-restore before it resumes the tasks and lifts
 		// its network lock: disable the port then, so that this copy stays
 		// silent until the source has destroyed its own.
-		req.postRestore = func() error { return setPortForwarding(ctx, hostVeth(s.Name), false) }
+		req.postRestore = func(pid int) error {
+			if err := setPortForwarding(ctx, hostVeth(s.Name), false); err != nil {
+				return err
+			}
+			if err := seedNeighbours(ctx, pid, s, neighbours); err != nil {
+				m.cfg.Log.Warn("seed the restored pod's neighbours", "pod", s.Name, "err", err)
+			}
+			return nil
+		}
 	}
 	if m.fault != nil {
 		req.notify = faultNotify{fault: m.fault}
 	}
+	if pagePort > 0 {
+		// The daemon and the restore meet on a socket in their shared
+		// work directory.
+		os.Remove(filepath.Join(workDir, "lazy-pages.socket"))
+		if daemon, err = m.criu.startLazyDaemon(ctx, dir, workDir, "127.0.0.1", pagePort); err != nil {
+			return 0, nil, err
+		}
+		req.Lazy = true
+	}
 	pid, err = m.criu.Restore(ctx, req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return pid, nil
+	return pid, daemon, nil
 }

@@ -223,7 +223,7 @@ func run(o options) error {
 	mgr, err := pods.NewManager(pods.ManagerConfig{
 		PodsDir: cfg.PodsDir, StateDir: cfg.StateDir, LogDir: cfg.LogDir, CriuPath: cfg.CriuPath,
 		Bridge: cfg.Bridge, BridgeAddress: cfg.BridgeAddress, CgroupName: cfg.CgroupRoot, Log: log,
-		Fault: faultFromEnv(log),
+		Fault: faultFromEnv(log), Criu: &criu, MigrationStrategy: cfg.MigrationStrategy,
 	})
 	if err != nil {
 		return err

@@ -231,9 +231,18 @@ func valueSums(t *testing.T, c *resp.Conn, n int) map[string][32]byte {
 }
 
 func TestMigrateRoundTrip(t *testing.T) {
+	for _, strategy := range []string{"stop-and-copy", "post-copy"} {
+		t.Run(strategy, func(t *testing.T) { testRoundTrip(t, strategy) })
+	}
+}
+
+func testRoundTrip(t *testing.T, strategy string) {
 	bed := testbed.New(t, 2)
 	a, b := bed.Hosts[0], bed.Hosts[1]
 	addr := kvPod(t, bed, a, "kv", 100)
+	for _, h := range bed.Hosts {
+		h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
+	}
 	a.StartAgent(t)
 	b.StartAgent(t)
 	bed.Pair(t)
@@ -252,6 +261,9 @@ func TestMigrateRoundTrip(t *testing.T) {
 
 	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
 	t.Logf("migrate A→B:\n%s", out)
+	if !strings.Contains(a.AgentLog(), "strategy="+strategy) {
+		t.Errorf("A's agent did not migrate with %s:\n%s", strategy, a.AgentLog())
+	}
 	pauseAB := l.pause()
 	l.check(t)
 	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
@@ -424,6 +436,47 @@ func TestMigrateSourceCrashes(t *testing.T) {
 	})
 }
 
+// Post-copy: the source agent dies while the pod runs on the peer and its
+// memory is still moving. The page server dies with it, so the peer's copy
+// cannot complete: the peer destroys it, and the restarted source, having
+// asked the peer, resumes its frozen copy. One copy serves throughout.
+func TestPostCopySourceCrashes(t *testing.T) {
+	bed, a, b, addr := setupKV(t, []string{"AUTOPOD_FAULT_INJECT=crash:postcopy-out"}, nil)
+	fill := dialRedis(t, bed, addr)
+	if err := fill.FillRandom(105, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	sums := valueSums(t, fill, 105)
+	fill.Close()
+	out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+	if err == nil {
+		t.Fatalf("migrate succeeded: %s", out)
+	}
+	<-a.Exited()
+	if procs := b.CgroupProcs("kv"); len(procs) > 0 {
+		// The peer's copy dies with the page server; give it a moment.
+		time.Sleep(2 * time.Second)
+	}
+	a.StartAgent(t)
+	if p := waitPod(t, a, "kv", "running"); p.Location != "" {
+		t.Fatalf("on A: %+v", p)
+	}
+	if p, ok := podOn(t, b, "kv"); ok {
+		t.Fatalf("B lists a copy: %+v", p)
+	}
+	if procs := b.CgroupProcs("kv"); len(procs) > 0 {
+		t.Fatalf("processes of a second copy on B: %v", procs)
+	}
+	c := dialRedis(t, bed, addr)
+	defer c.Close()
+	after := valueSums(t, c, 105)
+	for k, v := range sums {
+		if after[k] != v {
+			t.Fatalf("%s changed", k)
+		}
+	}
+}
+
 func TestEvacuateAndReturn(t *testing.T) {
 	bed := testbed.New(t, 2)
 	a, b := bed.Hosts[0], bed.Hosts[1]
@@ -462,5 +515,71 @@ func TestEvacuateAndReturn(t *testing.T) {
 		if v, _ := loads[i].writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
 			t.Fatalf("%s: counter %s, %d acknowledged", name, v, acked)
 		}
+	}
+}
+
+// Post-copy has a window the other strategies lack: the pod runs on the
+// peer while its memory is still moving. A failure then destroys the
+// peer's incomplete copy and resumes the frozen source copy: one copy
+// serves throughout, with the data it had at the freeze; what the pod did
+// on the peer in between is lost, and the clients it served there lose
+// their connections.
+func TestPostCopyFailures(t *testing.T) {
+	cases := []struct {
+		name       string
+		envA, envB []string
+		want       string
+	}{
+		{name: "link breaks while the memory moves", envA: []string{"AUTOPOD_FAULT_INJECT=page-relay"}},
+		{name: "peer fails while fetching memory", envB: []string{"AUTOPOD_FAULT_INJECT=postcopy-in"}, want: "postcopy-in"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bed, a, b, addr := setupKV(t, c.envA, c.envB)
+			fill := dialRedis(t, bed, addr)
+			if err := fill.FillRandom(105, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			sums := valueSums(t, fill, 105)
+			if _, err := fill.Cmd("SET", "before", "1"); err != nil {
+				t.Fatal(err)
+			}
+			fill.Close()
+
+			out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+			if err == nil {
+				t.Fatalf("migration succeeded despite the fault:\n%s", out)
+			}
+			t.Logf("migrate said:\n%s", out)
+			if !strings.Contains(out, c.want) {
+				t.Errorf("error does not name the cause %q", c.want)
+			}
+			if !strings.Contains(a.AgentLog(), "strategy=post-copy") && !strings.Contains(out, "memory") {
+				t.Logf("note: the fault struck before the memory phase")
+			}
+			if p := waitPod(t, a, "kv", "running"); p.Location != "" {
+				t.Fatalf("on A: %+v", p)
+			}
+			if p, ok := podOn(t, b, "kv"); ok {
+				t.Fatalf("B lists a copy: %+v", p)
+			}
+			if procs := b.CgroupProcs("kv"); len(procs) > 0 {
+				t.Fatalf("processes of a second copy on B: %v", procs)
+			}
+			c := dialRedis(t, bed, addr)
+			defer c.Close()
+			if v, err := c.Cmd("GET", "before"); err != nil || v != "1" {
+				t.Fatalf("data from before the freeze: %q, %v", v, err)
+			}
+			after := valueSums(t, c, 105)
+			for k, v := range sums {
+				if after[k] != v {
+					t.Fatalf("%s changed", k)
+				}
+			}
+			if strings.Contains(b.AgentLog(), "pod restored from peer (post-copy)") {
+				t.Fatal("B claims a complete copy")
+			}
+		})
 	}
 }

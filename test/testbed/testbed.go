@@ -188,6 +188,20 @@ cgroup_root = "autopod-tb-%s"
 	b.Hosts = append(b.Hosts, h)
 }
 
+// Configure appends TOML lines to the host's autopod.toml; call it before
+// StartAgent.
+func (h *Host) Configure(t testing.TB, lines string) {
+	t.Helper()
+	f, err := os.OpenFile(h.Config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(lines + "\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitFor(t testing.TB, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)

@@ -1,0 +1,307 @@
+package pods
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Post-copy moves a pod's memory after the pod resumed on the peer: CRIU's
+// page server on the source answers the page requests of CRIU's lazy-pages
+// daemon on the destination. Neither speaks TLS with autopod's pinned
+// certificates, so each talks to its own agent on the loopback interface
+// and the agents relay the bytes over an authenticated peer connection:
+//
+//	criu lazy-pages ──tcp 127.0.0.1──▶ dest agent ══TLS══▶ source agent ──tcp 127.0.0.1──▶ criu page server
+//
+// The source's page server listens on every address of the host (CRIU's
+// RPC gives a lazy dump no address to bind); guardPort drops connections
+// to it from anywhere but the loopback interface.
+
+// relayStall is how long a relay may go without moving a byte in either
+// direction while the lazy-pages daemon still waits for pages: CRIU sends
+// pages in the background all the time, so a silent link is a broken one.
+const relayStall = 10 * time.Second
+
+type pageRelayReq struct {
+	Txn string `json:"txn"`
+}
+
+// pageServer is a lazy dump's page server that a peer may reach.
+type pageServer struct {
+	peer string
+	port int
+	sent *atomic.Int64 // bytes relayed to the peer
+}
+
+// addPageServer lets peer reach the page server of migration txn; the
+// returned counter tells how many bytes went through the relay.
+func (m *Manager) addPageServer(txn, peer string, port int) *atomic.Int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pageServers == nil {
+		m.pageServers = map[string]pageServer{}
+	}
+	ps := pageServer{peer: peer, port: port, sent: new(atomic.Int64)}
+	m.pageServers[txn] = ps
+	return ps.sent
+}
+
+func (m *Manager) dropPageServer(txn string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pageServers, txn)
+}
+
+// servePageRelay is the source's end of the relay: the peer asked for the
+// page server of migration txn.
+func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pageRelayReq) error {
+	m.mu.Lock()
+	ps, ok := m.pageServers[req.Txn]
+	m.mu.Unlock()
+	if !ok || ps.peer != conn.PeerName() {
+		err := fmt.Errorf("no page server for migration %s to %s", req.Txn, conn.PeerName())
+		conn.SendError(err)
+		return err
+	}
+	// The dump opens its page server when it has written everything but
+	// the memory, which is before the peer can ask: a refused connection
+	// means CRIU is not there yet, or no longer.
+	var local net.Conn
+	var err error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var d net.Dialer
+		local, err = d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(ps.port)))
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err != nil {
+		err = fmt.Errorf("reach CRIU's page server: %w", err)
+		conn.SendError(err)
+		return err
+	}
+	defer local.Close()
+	if err := conn.Send("page-relay-ok", nil); err != nil {
+		return err
+	}
+	if err := m.faultAt("page-relay"); err != nil {
+		// Failure tests: the link breaks while the memory moves.
+		t := time.AfterFunc(50*time.Millisecond, func() { conn.Close(); local.Close() })
+		defer t.Stop()
+	}
+	return relay(local.(*net.TCPConn), conn, ps.sent)
+}
+
+// startPageRelay is the destination's end: it listens on the loopback
+// interface for the lazy-pages daemon and connects it to the page server
+// of migration txn on peer. done reports how the relay ended.
+func (m *Manager) startPageRelay(ctx context.Context, peer, txn string) (port int, done <-chan error, err error) {
+	d, err := m.peerDialer()
+	if err != nil {
+		return 0, nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan error, 1)
+	go func() {
+		defer l.Close()
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Minute))
+		c, err := l.Accept()
+		if err != nil {
+			ch <- fmt.Errorf("page relay: lazy-pages daemon did not connect: %w", err)
+			return
+		}
+		defer c.Close()
+		conn, err := d.DialPeer(ctx, peer)
+		if err != nil {
+			ch <- fmt.Errorf("page relay: %w", err)
+			return
+		}
+		defer conn.Close()
+		if err := conn.Send("page-relay", pageRelayReq{Txn: txn}); err != nil {
+			ch <- fmt.Errorf("page relay: %w", err)
+			return
+		}
+		if err := conn.Expect("page-relay-ok", nil); err != nil {
+			ch <- fmt.Errorf("page relay: %w", err)
+			return
+		}
+		ch <- relay(c.(*net.TCPConn), conn, nil)
+	}()
+	return l.Addr().(*net.TCPAddr).Port, ch, nil
+}
+
+// relay copies bytes both ways between a local CRIU connection and a peer
+// connection until both directions have ended, passing each end of stream
+// on as a half-close (CRIU's page server waits to read EOF after its last
+// answer). A direction that moves nothing for relayStall while the other
+// has not finished breaks the relay.
+func relay(local *net.TCPConn, conn MigrationConn, sent *atomic.Int64) error {
+	raw := conn.Raw()
+	var (
+		mu   sync.Mutex
+		last = time.Now()
+	)
+	touch := func() {
+		mu.Lock()
+		last = time.Now()
+		mu.Unlock()
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				mu.Lock()
+				idle := time.Since(last)
+				mu.Unlock()
+				if idle > relayStall {
+					local.Close()
+					conn.Close()
+					return
+				}
+			}
+		}
+	}()
+	errc := make(chan error, 2)
+	go func() {
+		_, err := io.CopyBuffer(touchWriter{raw, touch, sent}, local, make([]byte, 256<<10))
+		if err == nil {
+			err = raw.CloseWrite()
+		}
+		errc <- err
+	}()
+	go func() {
+		_, err := io.CopyBuffer(touchWriter{local, touch, nil}, raw, make([]byte, 256<<10))
+		if err == nil {
+			err = local.CloseWrite()
+		}
+		errc <- err
+	}()
+	var errs []error
+	for range 2 {
+		if err := <-errc; err != nil {
+			errs = append(errs, err)
+			// The other direction may be blocked for good: end it.
+			local.Close()
+			conn.Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("page relay: %w", err)
+	}
+	return nil
+}
+
+type touchWriter struct {
+	w     io.Writer
+	touch func()
+	count *atomic.Int64
+}
+
+func (t touchWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	if n > 0 {
+		t.touch()
+		if t.count != nil {
+			t.count.Add(int64(n))
+		}
+	}
+	return n, err
+}
+
+// guardPort makes port on this host reachable from the loopback interface
+// only, with an nftables table of its own; the returned function removes
+// it.
+func guardPort(ctx context.Context, port int) (func(), error) {
+	table := "autopod-ps-" + strconv.Itoa(port)
+	rules := fmt.Sprintf(`table inet %s {
+	chain input {
+		type filter hook input priority -300; policy accept;
+		iifname != "lo" tcp dport %d drop
+	}
+}
+`, table, port)
+	if _, err := runInput(ctx, rules, "nft", "-f", "-"); err != nil {
+		return nil, fmt.Errorf("guard page-server port %d: %w", port, err)
+	}
+	return func() {
+		_, _ = run(context.Background(), "nft", "delete", "table", "inet", table)
+	}, nil
+}
+
+// freePort returns a TCP port that nothing listens on right now.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// abandonLazyDump ends a lazy dump whose pages nobody will fetch, and
+// waits for it: CRIU holds the pod's tasks until its page server ends. A
+// page server that nobody reached yet ends when a connection closes
+// without a request; one already serving ends when its peer goes away,
+// which the caller brings about by reporting the failure to the peer.
+func (m *Manager) abandonLazyDump(port int, done chan error) {
+	// The page server opens shortly after the images are written; until
+	// then a connection is refused, and once it serves a peer it accepts
+	// no other: knock until it answers or the dump ends.
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	knock := time.NewTicker(10 * time.Millisecond)
+	defer knock.Stop()
+	giveUp := time.After(30 * time.Second)
+	knocked := false
+	for {
+		select {
+		case err := <-done:
+			done <- err
+			return
+		case <-giveUp:
+			m.cfg.Log.Warn("lazy dump did not end after its migration was abandoned", "port", port)
+			return
+		case <-knock.C:
+			if knocked {
+				continue
+			}
+			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+				c.Close()
+				knocked = true
+			}
+		}
+	}
+}
+
+// sweepPageServerGuards removes the guards of page servers that a crashed
+// agent left (no migration runs before Load).
+func sweepPageServerGuards(ctx context.Context) {
+	out, err := run(ctx, "nft", "list", "tables", "inet")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 3 && f[0] == "table" && strings.HasPrefix(f[2], "autopod-ps-") {
+			_, _ = run(ctx, "nft", "delete", "table", "inet", f[2])
+		}
+	}
+}

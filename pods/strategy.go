@@ -1,0 +1,184 @@
+package pods
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Migration strategies. The pod is frozen only for the final step of each.
+const (
+	// StrategyAuto picks the best strategy both hosts can run.
+	StrategyAuto = "auto"
+	// StrategyStopAndCopy freezes the pod, dumps all of it, moves the
+	// images and restores: the pause grows with the pod's memory.
+	StrategyStopAndCopy = "stop-and-copy"
+	// StrategyPostCopy freezes the pod, moves everything but its memory,
+	// resumes it on the peer, and moves the memory afterwards: pages the
+	// pod touches first are fetched on demand (userfaultfd), the rest in
+	// the background. The pause no longer grows with memory size.
+	StrategyPostCopy = "post-copy"
+	// StrategyPreCopy copies memory in rounds while the pod runs
+	// (soft-dirty tracking) before the final stop-and-copy.
+	StrategyPreCopy = "pre-copy"
+)
+
+// Strategies lists the names a configuration may use.
+var Strategies = []string{StrategyAuto, StrategyStopAndCopy, StrategyPostCopy, StrategyPreCopy}
+
+// minPipeSize is the fs.pipe-max-size CRIU's lazy dump needs: it keeps the
+// pod's pages in pipes of up to this size until the peer takes them.
+const minPipeSize = 4 << 20
+
+var pipeMaxSizePath = "/proc/sys/fs/pipe-max-size"
+
+// StrategySupport says which strategies this host can run, and why not.
+type StrategySupport struct {
+	// Unavailable maps a strategy to the reason it cannot run here.
+	Unavailable map[string]string `json:"unavailable,omitempty"`
+}
+
+// Can reports whether strategy s can run on this host.
+func (ss StrategySupport) Can(s string) bool {
+	_, no := ss.Unavailable[s]
+	return !no
+}
+
+// ProbeStrategies decides, from CRIU's feature probe and the kernel's
+// settings, which strategies this host can run.
+func ProbeStrategies(info CriuInfo) StrategySupport {
+	ss := StrategySupport{Unavailable: map[string]string{}}
+	if info.Error != "" {
+		for _, s := range []string{StrategyStopAndCopy, StrategyPostCopy, StrategyPreCopy} {
+			ss.Unavailable[s] = info.Error
+		}
+		return ss
+	}
+	if !info.Features["mem_dirty_track"] {
+		ss.Unavailable[StrategyPreCopy] = "the kernel does not track dirty memory (CONFIG_MEM_SOFT_DIRTY; `criu check --feature mem_dirty_track` fails)"
+	} else {
+		ss.Unavailable[StrategyPreCopy] = "pre-copy is not implemented yet"
+	}
+	if !info.Features["uffd-noncoop"] {
+		ss.Unavailable[StrategyPostCopy] = "the kernel lacks non-cooperative userfaultfd (`criu check --feature uffd-noncoop` fails)"
+	}
+	return ss
+}
+
+// pickStrategy resolves the configured strategy against what this host
+// (local) and the peer (remote) can run. A strategy asked for by name
+// that either side cannot run is an error that names the reason.
+func pickStrategy(want string, local, remote StrategySupport) (string, error) {
+	if want == "" || want == StrategyAuto {
+		for _, s := range []string{StrategyPostCopy, StrategyStopAndCopy} {
+			if local.Can(s) && remote.Can(s) {
+				return s, nil
+			}
+		}
+		return "", fmt.Errorf("no migration strategy runs on both hosts: here %s; on the peer %s",
+			local.Unavailable[StrategyStopAndCopy], remote.Unavailable[StrategyStopAndCopy])
+	}
+	if why, no := local.Unavailable[want]; no {
+		return "", fmt.Errorf("migration strategy %s cannot run on this host: %s", want, why)
+	}
+	if why, no := remote.Unavailable[want]; no {
+		return "", fmt.Errorf("migration strategy %s cannot run on the peer: %s", want, why)
+	}
+	return want, nil
+}
+
+// ensurePipeSize raises fs.pipe-max-size to what a lazy dump needs. Root
+// without CAP_SYS_RESOURCE cannot make pipes larger than that limit, and
+// CRIU's lazy dump fails with EPERM on F_SETPIPE_SZ.
+func ensurePipeSize() error {
+	data, err := os.ReadFile(pipeMaxSizePath)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", pipeMaxSizePath, err)
+	}
+	cur, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", pipeMaxSizePath, err)
+	}
+	if cur >= minPipeSize {
+		return nil
+	}
+	if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(minPipeSize)), 0o644); err != nil {
+		return fmt.Errorf("post-copy needs fs.pipe-max-size >= %d (it is %d): %w", minPipeSize, cur, err)
+	}
+	return nil
+}
+
+// lazyDaemon is CRIU's lazy-pages daemon on the destination of a post-copy
+// migration: it serves the restored pod's page faults from the source's
+// page server (reached through addr:port) and fetches the rest.
+type lazyDaemon struct {
+	cmd  *exec.Cmd
+	done chan error
+	log  string
+}
+
+// startLazyDaemon runs `criu lazy-pages` for the images in dir; it must
+// share workDir with the restore, where CRIU puts the socket the two meet
+// on. It returns once the daemon is ready for the restore.
+func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr string, port int) (*lazyDaemon, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	logName := "lazy-pages.log"
+	cmd := exec.Command(c.path, "lazy-pages", "-D", dir, "-W", workDir, "-o", logName, "-v4",
+		"--page-server", "--address", addr, "--port", strconv.Itoa(port), "--status-fd", "3")
+	cmd.ExtraFiles = []*os.File{w}
+	// It dies with the agent: the relay it reads pages through is in the
+	// agent, and recovery after a restart decides what becomes of the pod.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
+	}
+	w.Close()
+	d := &lazyDaemon{cmd: cmd, done: make(chan error, 1), log: workDir + "/" + logName}
+	go func() { d.done <- cmd.Wait() }()
+	ready := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1)
+		_, err := r.Read(b)
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err == nil {
+			return d, nil
+		}
+		d.kill()
+		data, _ := os.ReadFile(d.log)
+		return nil, fmt.Errorf("criu lazy-pages did not start: %s", criuErrorLines(string(data)))
+	case <-ctx.Done():
+		d.kill()
+		return nil, ctx.Err()
+	}
+}
+
+// wait returns when the daemon exits: nil once it moved every page.
+func (d *lazyDaemon) wait(ctx context.Context) error {
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			data, _ := os.ReadFile(d.log)
+			return fmt.Errorf("criu lazy-pages: %w: %s", err, criuErrorLines(string(data)))
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *lazyDaemon) kill() {
+	_ = d.cmd.Process.Kill()
+}
