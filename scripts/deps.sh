@@ -20,6 +20,7 @@ APT_PKGS=(
   iproute2 nftables iptables iputils-arping iputils-ping procps psmisc util-linux tar
   redis-server redis-tools
   dbus dbus-bin systemd systemd-container debhelper lintian rpm debootstrap
+  apt-utils dnf dnf-plugins-core createrepo-c
   python3-protobuf libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libaio-dev libgnutls28-dev
   uuid-dev

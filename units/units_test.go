@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-var unitFiles = []string{"autopod.service", "autopod.socket"}
+var unitFiles = []string{"autopod.service", "autopod.socket", "autopod-updates.path"}
 
 // TestVerify runs `systemd-analyze verify` on both units and fails on every line it
 // prints about them: systemd only warns (and exits 0) on unknown keys, bad values and
