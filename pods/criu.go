@@ -181,6 +181,10 @@ type criuRequest struct {
 	// it fetches pages on demand through the daemon sharing WorkDir.
 	Lazy           bool
 	PageServerPort int
+	// PageServerAddr, for a dump that is not lazy, sends the pages to
+	// the page server at PageServerAddr:PageServerPort instead of
+	// writing them into ImagesDir.
+	PageServerAddr string
 	// postDump runs when a dump has written its images (for a lazy dump:
 	// all but the memory, before the page server opens).
 	postDump func() error
@@ -258,9 +262,12 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	for target := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+target)
 	}
-	if r.Lazy {
+	switch {
+	case r.Lazy:
 		o.LazyPages = proto.Bool(true)
 		o.Ps = &rpc.CriuPageServerInfo{Port: proto.Int32(int32(r.PageServerPort))}
+	case r.PageServerAddr != "":
+		o.Ps = &rpc.CriuPageServerInfo{Address: proto.String(r.PageServerAddr), Port: proto.Int32(int32(r.PageServerPort))}
 	}
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)

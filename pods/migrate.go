@@ -137,9 +137,20 @@ type migrateOffer struct {
 type migrateAccept struct {
 	NeedInit bool   `json:"need_init"`
 	Strategy string `json:"strategy,omitempty"` // "" from peers that know only stop-and-copy
+	// StreamPages: a stop-and-copy dump sends its pages straight to a
+	// page server on the peer (through the relay) rather than writing
+	// them here first.
+	StreamPages bool `json:"stream_pages,omitempty"`
 }
 type imagesMsg struct {
 	Files []ImageFile `json:"files"`
+	// Pages is what the source relayed to the peer's page server: the
+	// peer checks it against what its end of the relay received.
+	Pages *streamSum `json:"pages,omitempty"`
+}
+type streamSum struct {
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
 }
 
 // commitMsg lets the destination expose its copy, and hands it the
@@ -436,6 +447,8 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	frozen := false
 	var freezeAt time.Time
 	hasNet := s.Network.Address.IsValid()
+	// pagesSent is what a streaming dump sent to the peer's page server.
+	var pagesSent *streamSum
 	// dumpDone reports the end of a lazy dump, which runs on while it
 	// serves the pod's memory (lazyRunning).
 	dumpDone := make(chan error, 1)
@@ -538,8 +551,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		written := make(chan struct{})
 		req.Lazy, req.PageServerPort = true, pagePort
 		req.postDump = func() error { close(written); return nil }
-		pageBytes := m.addPageServer(txn, peer, pagePort)
-		defer func() { res.PageBytes = pageBytes.Load() }()
+		pageBytes := newTally(false)
+		m.addPageServer(txn, peer, pagePort, pageBytes, nil)
+		defer func() { res.PageBytes, _ = pageBytes.result() }()
 		defer m.dropPageServer(txn)
 		lazyRunning = true
 		go func() { dumpDone <- m.criu.Dump(ctx, req) }()
@@ -552,8 +566,34 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 			}
 			return rollback(err)
 		}
-	} else if err := m.criu.Dump(ctx, req); err != nil {
-		return rollback(err)
+	} else {
+		var pagesOut *tally
+		var relayDone <-chan error
+		if acc.StreamPages {
+			pagesOut = newTally(true)
+			port, done, err := m.startPageRelay(ctx, peer, txn, pagesOut, nil)
+			if err != nil {
+				return rollback(err)
+			}
+			req.PageServerAddr, req.PageServerPort, relayDone = "127.0.0.1", port, done
+		}
+		if err := m.criu.Dump(ctx, req); err != nil {
+			return rollback(err)
+		}
+		if relayDone != nil {
+			select {
+			case err := <-relayDone:
+				if err != nil {
+					return rollback(err)
+				}
+			case <-time.After(30 * time.Second):
+				return rollback(errors.New("page relay did not end after the dump"))
+			}
+			n, sum := pagesOut.result()
+			pagesSent = &streamSum{Bytes: n, SHA256: sum}
+			sent += n
+			res.ImageBytes += n
+		}
 	}
 	if err := m.faultAt("after-dump"); err != nil {
 		return rollback(err)
@@ -575,7 +615,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	if err != nil {
 		return rollback(err)
 	}
-	if err := conn.Send("images", imagesMsg{Files: files}); err != nil {
+	if err := conn.Send("images", imagesMsg{Files: files, Pages: pagesSent}); err != nil {
 		return rollback(err)
 	}
 	for _, f := range files {
@@ -835,7 +875,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	defer m.release(p)
 
 	var pid int
-	var daemon *lazyDaemon
+	var daemon *criuDaemon
 	fail := func(cause error) error {
 		// Clean up first, then tell the source: once it hears of the
 		// failure, this host holds no copy.
@@ -861,9 +901,27 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		return fmt.Errorf("receive %s from %s: %w", s.Name, peer, cause)
 	}
 
+	// Stop-and-copy: a page server takes the dump's pages as they come.
+	imgDir := filepath.Join(work, "images")
+	os.Mkdir(imgDir, 0o700)
+	var pagesIn *tally
+	var psDone <-chan error
+	if !lazy {
+		if port, err := freePort(); err == nil {
+			ps, err := m.criu.startPageServer(ctx, imgDir, work, "127.0.0.1", port)
+			if err != nil {
+				m.cfg.Log.Warn("cannot receive pages from a page server; the source sends image files", "pod", s.Name, "err", err)
+			} else {
+				daemon = ps // killed by fail
+				pagesIn = newTally(true)
+				psDone = m.addPageServer(offer.Txn, peer, port, nil, pagesIn)
+				defer m.dropPageServer(offer.Txn)
+			}
+		}
+	}
 	initPath := m.initPath(offer.InitHash)
 	_, statErr := os.Stat(initPath)
-	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy}); err != nil {
+	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil}); err != nil {
 		return fail(err)
 	}
 	if statErr != nil {
@@ -890,8 +948,31 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		return fail(err)
 	}
 	report(PhaseImages)
-	imgDir := filepath.Join(work, "images")
-	os.Mkdir(imgDir, 0o700)
+	if pagesIn != nil {
+		// The page server has the pages once the relay ended and it exited;
+		// the relay's digest here must match the source's.
+		if imgs.Pages == nil {
+			return fail(errors.New("the source sent no page stream summary"))
+		}
+		select {
+		case err := <-psDone:
+			if err != nil {
+				return fail(err)
+			}
+		case <-time.After(30 * time.Second):
+			return fail(errors.New("page relay did not end"))
+		}
+		if err := daemon.wait(ctx); err != nil {
+			return fail(err)
+		}
+		daemon = nil
+		n, sum := pagesIn.result()
+		if n != imgs.Pages.Bytes || sum != imgs.Pages.SHA256 {
+			return fail(fmt.Errorf("%w: page stream: received %d bytes sha256:%s, the source sent %d bytes sha256:%s",
+				ErrImageCorrupt, n, sum, imgs.Pages.Bytes, imgs.Pages.SHA256))
+		}
+		received += n
+	}
 	for _, f := range imgs.Files {
 		if f.Name != filepath.Base(f.Name) || strings.HasPrefix(f.Name, ".") {
 			return fail(fmt.Errorf("bad image name %q", f.Name))
@@ -907,7 +988,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	// good, with the memory this copy fetches).
 	pagePort := 0
 	if lazy {
-		port, _, err := m.startPageRelay(ctx, peer, offer.Txn)
+		port, _, err := m.startPageRelay(ctx, peer, offer.Txn, nil, nil)
 		if err != nil {
 			return fail(err)
 		}

@@ -2,14 +2,16 @@ package pods
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"hash"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -34,24 +36,69 @@ type pageRelayReq struct {
 	Txn string `json:"txn"`
 }
 
-// pageServer is a lazy dump's page server that a peer may reach.
+// pageServer is a CRIU page server on this host that a peer may reach
+// through the relay: a lazy dump's (post-copy, on the source) or a
+// `criu page-server` receiving a dump's pages (stop-and-copy, on the
+// destination).
 type pageServer struct {
-	peer string
-	port int
-	sent *atomic.Int64 // bytes relayed to the peer
+	peer     string
+	port     int
+	toPeer   *tally // what the relay sent to the peer
+	fromPeer *tally // what it received
+	done     chan error
 }
 
-// addPageServer lets peer reach the page server of migration txn; the
-// returned counter tells how many bytes went through the relay.
-func (m *Manager) addPageServer(txn, peer string, port int) *atomic.Int64 {
+// tally counts the bytes of one direction of a relay and, when it has a
+// hash, digests them: the two ends of a relay compare digests before the
+// pages are used.
+type tally struct {
+	mu sync.Mutex
+	n  int64
+	h  hash.Hash
+}
+
+func newTally(digest bool) *tally {
+	t := &tally{}
+	if digest {
+		t.h = sha256.New()
+	}
+	return t
+}
+
+func (t *tally) add(p []byte) {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	t.n += int64(len(p))
+	if t.h != nil {
+		t.h.Write(p)
+	}
+	t.mu.Unlock()
+}
+
+// result returns the byte count and the digest ("" without one).
+func (t *tally) result() (int64, string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.h == nil {
+		return t.n, ""
+	}
+	return t.n, hex.EncodeToString(t.h.Sum(nil))
+}
+
+// addPageServer lets peer reach the page server of migration txn at port.
+// The tallies (nil: not kept) count what the relay moves; done reports
+// how the relay ended.
+func (m *Manager) addPageServer(txn, peer string, port int, toPeer, fromPeer *tally) <-chan error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pageServers == nil {
 		m.pageServers = map[string]pageServer{}
 	}
-	ps := pageServer{peer: peer, port: port, sent: new(atomic.Int64)}
+	ps := pageServer{peer: peer, port: port, toPeer: toPeer, fromPeer: fromPeer, done: make(chan error, 1)}
 	m.pageServers[txn] = ps
-	return ps.sent
+	return ps.done
 }
 
 func (m *Manager) dropPageServer(txn string) {
@@ -60,8 +107,8 @@ func (m *Manager) dropPageServer(txn string) {
 	delete(m.pageServers, txn)
 }
 
-// servePageRelay is the source's end of the relay: the peer asked for the
-// page server of migration txn.
+// servePageRelay is the page server's end of the relay: the peer asked
+// for the page server of migration txn.
 func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pageRelayReq) error {
 	m.mu.Lock()
 	ps, ok := m.pageServers[req.Txn]
@@ -71,8 +118,8 @@ func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pa
 		conn.SendError(err)
 		return err
 	}
-	// The dump opens its page server when it has written everything but
-	// the memory, which is before the peer can ask: a refused connection
+	// A lazy dump opens its page server when it has written everything
+	// but the memory, about when the peer asks: a refused connection
 	// means CRIU is not there yet, or no longer.
 	var local net.Conn
 	var err error
@@ -88,6 +135,7 @@ func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pa
 	if err != nil {
 		err = fmt.Errorf("reach CRIU's page server: %w", err)
 		conn.SendError(err)
+		ps.done <- err
 		return err
 	}
 	defer local.Close()
@@ -99,13 +147,16 @@ func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pa
 		t := time.AfterFunc(50*time.Millisecond, func() { conn.Close(); local.Close() })
 		defer t.Stop()
 	}
-	return relay(local.(*net.TCPConn), conn, ps.sent)
+	err = relay(local.(*net.TCPConn), conn, ps.toPeer, ps.fromPeer)
+	ps.done <- err
+	return err
 }
 
-// startPageRelay is the destination's end: it listens on the loopback
-// interface for the lazy-pages daemon and connects it to the page server
-// of migration txn on peer. done reports how the relay ended.
-func (m *Manager) startPageRelay(ctx context.Context, peer, txn string) (port int, done <-chan error, err error) {
+// startPageRelay is the client's end: it listens on the loopback interface
+// for a CRIU that connects to a page server (the lazy-pages daemon, or a
+// dump sending its pages) and connects it to the page server of migration
+// txn on peer. done reports how the relay ended.
+func (m *Manager) startPageRelay(ctx context.Context, peer, txn string, toPeer, fromPeer *tally) (port int, done <-chan error, err error) {
 	d, err := m.peerDialer()
 	if err != nil {
 		return 0, nil, err
@@ -120,7 +171,7 @@ func (m *Manager) startPageRelay(ctx context.Context, peer, txn string) (port in
 		l.(*net.TCPListener).SetDeadline(time.Now().Add(2 * time.Minute))
 		c, err := l.Accept()
 		if err != nil {
-			ch <- fmt.Errorf("page relay: lazy-pages daemon did not connect: %w", err)
+			ch <- fmt.Errorf("page relay: CRIU did not connect: %w", err)
 			return
 		}
 		defer c.Close()
@@ -138,7 +189,7 @@ func (m *Manager) startPageRelay(ctx context.Context, peer, txn string) (port in
 			ch <- fmt.Errorf("page relay: %w", err)
 			return
 		}
-		ch <- relay(c.(*net.TCPConn), conn, nil)
+		ch <- relay(c.(*net.TCPConn), conn, toPeer, fromPeer)
 	}()
 	return l.Addr().(*net.TCPAddr).Port, ch, nil
 }
@@ -148,7 +199,7 @@ func (m *Manager) startPageRelay(ctx context.Context, peer, txn string) (port in
 // on as a half-close (CRIU's page server waits to read EOF after its last
 // answer). A direction that moves nothing for relayStall while the other
 // has not finished breaks the relay.
-func relay(local *net.TCPConn, conn MigrationConn, sent *atomic.Int64) error {
+func relay(local *net.TCPConn, conn MigrationConn, toPeer, fromPeer *tally) error {
 	raw := conn.Raw()
 	var (
 		mu   sync.Mutex
@@ -182,14 +233,14 @@ func relay(local *net.TCPConn, conn MigrationConn, sent *atomic.Int64) error {
 	}()
 	errc := make(chan error, 2)
 	go func() {
-		_, err := io.CopyBuffer(touchWriter{raw, touch, sent}, local, make([]byte, 256<<10))
+		_, err := io.CopyBuffer(touchWriter{raw, touch, toPeer}, local, make([]byte, 256<<10))
 		if err == nil {
 			err = raw.CloseWrite()
 		}
 		errc <- err
 	}()
 	go func() {
-		_, err := io.CopyBuffer(touchWriter{local, touch, nil}, raw, make([]byte, 256<<10))
+		_, err := io.CopyBuffer(touchWriter{local, touch, fromPeer}, raw, make([]byte, 256<<10))
 		if err == nil {
 			err = local.CloseWrite()
 		}
@@ -213,16 +264,14 @@ func relay(local *net.TCPConn, conn MigrationConn, sent *atomic.Int64) error {
 type touchWriter struct {
 	w     io.Writer
 	touch func()
-	count *atomic.Int64
+	count *tally
 }
 
 func (t touchWriter) Write(p []byte) (int, error) {
 	n, err := t.w.Write(p)
 	if n > 0 {
 		t.touch()
-		if t.count != nil {
-			t.count.Add(int64(n))
-		}
+		t.count.add(p[:n])
 	}
 	return n, err
 }

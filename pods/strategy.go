@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,37 +113,52 @@ func ensurePipeSize() error {
 	return nil
 }
 
-// lazyDaemon is CRIU's lazy-pages daemon on the destination of a post-copy
-// migration: it serves the restored pod's page faults from the source's
-// page server (reached through addr:port) and fetches the rest.
-type lazyDaemon struct {
+// criuDaemon is a CRIU process running beside a migration: the
+// lazy-pages daemon on the destination of a post-copy migration (it serves
+// the restored pod's page faults from the source's page server), or the
+// page server receiving a stop-and-copy dump's pages.
+type criuDaemon struct {
 	cmd  *exec.Cmd
 	done chan error
 	log  string
 }
 
+// lazyDaemon is the post-copy case.
+type lazyDaemon = criuDaemon
+
 // startLazyDaemon runs `criu lazy-pages` for the images in dir; it must
 // share workDir with the restore, where CRIU puts the socket the two meet
 // on. It returns once the daemon is ready for the restore.
-func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr string, port int) (*lazyDaemon, error) {
+func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr string, port int) (*criuDaemon, error) {
+	return c.startDaemon(ctx, workDir, "lazy-pages.log", "lazy-pages", "-D", dir, "-W", workDir,
+		"--page-server", "--address", addr, "--port", strconv.Itoa(port))
+}
+
+// startPageServer runs `criu page-server` on addr:port, writing the pages
+// a dump sends into dir; it returns once the server listens, and ends
+// after one dump.
+func (c criuRunner) startPageServer(ctx context.Context, dir, workDir, addr string, port int) (*criuDaemon, error) {
+	return c.startDaemon(ctx, workDir, "page-server.log", "page-server", "-D", dir, "-W", workDir,
+		"--address", addr, "--port", strconv.Itoa(port))
+}
+
+func (c criuRunner) startDaemon(ctx context.Context, workDir, logName string, args ...string) (*criuDaemon, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	logName := "lazy-pages.log"
-	cmd := exec.Command(c.path, "lazy-pages", "-D", dir, "-W", workDir, "-o", logName, "-v4",
-		"--page-server", "--address", addr, "--port", strconv.Itoa(port), "--status-fd", "3")
+	cmd := exec.Command(c.path, append(args, "-o", logName, "-v4", "--status-fd", "3")...)
 	cmd.ExtraFiles = []*os.File{w}
-	// It dies with the agent: the relay it reads pages through is in the
-	// agent, and recovery after a restart decides what becomes of the pod.
+	// It dies with the agent: the relay it talks through is in the agent,
+	// and recovery after a restart decides what becomes of the pod.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
+		return nil, fmt.Errorf("start criu %s: %w", args[0], err)
 	}
 	w.Close()
-	d := &lazyDaemon{cmd: cmd, done: make(chan error, 1), log: workDir + "/" + logName}
+	d := &criuDaemon{cmd: cmd, done: make(chan error, 1), log: filepath.Join(workDir, logName)}
 	go func() { d.done <- cmd.Wait() }()
 	ready := make(chan error, 1)
 	go func() {
@@ -157,21 +173,21 @@ func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr stri
 		}
 		d.kill()
 		data, _ := os.ReadFile(d.log)
-		return nil, fmt.Errorf("criu lazy-pages did not start: %s", criuErrorLines(string(data)))
+		return nil, fmt.Errorf("criu %s did not start: %s", args[0], criuErrorLines(string(data)))
 	case <-ctx.Done():
 		d.kill()
 		return nil, ctx.Err()
 	}
 }
 
-// wait returns when the daemon exits: nil once it moved every page.
-func (d *lazyDaemon) wait(ctx context.Context) error {
+// wait returns when the daemon exits: nil if it did its job.
+func (d *criuDaemon) wait(ctx context.Context) error {
 	select {
 	case err := <-d.done:
 		d.done <- err
 		if err != nil {
 			data, _ := os.ReadFile(d.log)
-			return fmt.Errorf("criu lazy-pages: %w: %s", err, criuErrorLines(string(data)))
+			return fmt.Errorf("criu %s: %w: %s", d.cmd.Args[1], err, criuErrorLines(string(data)))
 		}
 		return nil
 	case <-ctx.Done():
@@ -179,6 +195,6 @@ func (d *lazyDaemon) wait(ctx context.Context) error {
 	}
 }
 
-func (d *lazyDaemon) kill() {
+func (d *criuDaemon) kill() {
 	_ = d.cmd.Process.Kill()
 }
