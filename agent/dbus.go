@@ -459,7 +459,7 @@ func (a *AgentObject) Migrate(sender dbus.Sender, name, peerName string) (frozen
 	if derr != nil {
 		return 0, 0, 0, derr
 	}
-	return usec(res.Frozen), usec(res.Total), uint64(max(res.FileBytes, 0)) + uint64(max(res.ImageBytes, 0)), nil
+	return usec(res.Frozen), usec(res.Total), uint64(max(res.FileBytes, 0)) + uint64(max(res.ImageBytes, 0)) + uint64(max(res.PageBytes, 0)), nil
 }
 
 // Evacuate migrates every running pod to a pinned peer and returns the

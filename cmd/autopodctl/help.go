@@ -188,11 +188,18 @@ default timeout is 5 minutes.`,
 			summary:  "Move a running pod live to a peer host.",
 			desc: `Asks the agent to move the running pod NAME to the pinned peer PEER
 without stopping it: the pod's files are copied while it still serves,
-then it is frozen, its memory (CRIU images) and the files that changed
-since are streamed to the peer, and the peer restores it. The pod keeps
-its address, which moves to the peer, and its established TCP
-connections; clients see a pause of about the "frozen" time in the
-result.
+then it is frozen, the files that changed since and its CRIU images are
+streamed to the peer, and the peer restores it. The pod keeps its
+address, which moves to the peer, and its established TCP connections;
+packets that reach it while it is frozen are held and delivered on the
+peer, so clients see a pause of about the "frozen" time in the result.
+
+With the post-copy strategy (migration_strategy in autopod.toml; "auto"
+picks it where both hosts can run it) the pod resumes on the peer before
+its memory has moved, which then follows while it runs: the freeze no
+longer grows with the pod's memory. Should that transfer fail, the
+peer's incomplete copy is destroyed and the pod resumes here as it was
+when frozen. With stop-and-copy all of it moves during the freeze.
 
 The pod's copy here is destroyed only after the peer confirmed the
 restore. Any failure before that (peer unreachable or refusing, link cut,
@@ -224,9 +231,9 @@ migration took, and the bytes sent:
   kv → hostb: done 110.3 MiB
   migrated kv to hostb: frozen 812 ms, total 1.9 s, 110.3 MiB
 Phases, in order: offer, files, freeze, dump, files-delta, images,
-restore, commit, done; rollback when a failure resumes the pod here. A
-strategy may repeat phases (pre-copy dumps in rounds). With --json, no
-progress, only the result:
+restore, memory (post-copy only: the pod runs on the peer while its
+memory follows), commit, done; rollback when a failure resumes the pod
+here. With --json, no progress, only the result:
   {"pod": "kv", "peer": "hostb", "frozen_usec": N, "total_usec": N, "bytes": N}`,
 			dbus: `org.autopod.Agent1.Migrate(s name, s peer) -> (t frozen_usec, t total_usec, t bytes)
 signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)
