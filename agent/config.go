@@ -14,6 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/autopod/autopod/cycle"
 	"github.com/autopod/autopod/pods"
 )
 
@@ -48,6 +49,25 @@ type Config struct {
 	// MigrationStrategy is how pods move to peers: "auto" picks post-copy
 	// where both hosts can run it, else stop-and-copy.
 	MigrationStrategy string `toml:"migration_strategy"`
+	// Update is the [update] table: the update cycle's policy.
+	Update UpdateConfig `toml:"update"`
+}
+
+// UpdateConfig is the [update] table: the cycle's policy (docs/update-cycle.md)
+// and how the agent reaches the systems the cycle drives.
+type UpdateConfig struct {
+	cycle.Policy
+	// Peers are the pinned peers that may take this host's pods, in order
+	// of preference; empty means every pinned peer, by name.
+	Peers []string `toml:"peers"`
+	// AptConfig, when set, is given to every apt-get run as APT_CONFIG
+	// (a private apt configuration: other lists, another dpkg root).
+	AptConfig string `toml:"apt_config"`
+	// FleetLockURL, when set, is a FleetLock server whose lock the host
+	// also takes before it evacuates (`POST /v1/pre-reboot`).
+	FleetLockURL string `toml:"fleetlock_url"`
+	// FleetLockGroup is the FleetLock group ("default").
+	FleetLockGroup string `toml:"fleetlock_group"`
 }
 
 // Paths of the CRIU binary: the bundled build, if installed, wins.
@@ -76,6 +96,7 @@ func DefaultConfig() Config {
 		Watchdog:      true,
 
 		MigrationStrategy: "auto",
+		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 }
 
@@ -125,32 +146,34 @@ func LoadConfig(path string) (Config, error) {
 	}
 	// Unknown keys, and keys that toml matched only case-insensitively.
 	known := map[string]bool{}
-	t := reflect.TypeOf(Config{})
-	for i := 0; i < t.NumField(); i++ {
-		known[t.Field(i).Tag.Get("toml")] = true
-	}
+	tomlKeys(reflect.TypeOf(Config{}), "", known)
 	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
 		undecoded[k.String()] = true
 	}
 	for _, k := range md.Keys() {
 		ks := k.String()
-		if len(k) == 1 && known[k[0]] && !undecoded[ks] {
+		if known[ks] && !undecoded[ks] {
 			continue
 		}
 		msg := "unknown key"
 		for name := range known {
-			if strings.EqualFold(name, k[0]) && name != k[0] {
+			if strings.EqualFold(name, ks) && name != ks {
 				msg += fmt.Sprintf(" (did you mean %q?)", name)
 			}
 		}
-		return Config{}, &configFileError{File: path, Line: configKeyLine(data, k[0]), Key: ks, Msg: msg}
+		line := configKeyLine(data, k[len(k)-1])
+		if line == 0 {
+			line = configKeyLine(data, k[0])
+		}
+		return Config{}, &configFileError{File: path, Line: line, Key: ks, Msg: msg}
 	}
 	if err := c.Validate(); err != nil {
 		var ce *configFileError
 		if errors.As(err, &ce) {
 			ce.File = path
-			ce.Line = configKeyLine(data, ce.Key)
+			parts := strings.Split(ce.Key, ".")
+			ce.Line = configKeyLine(data, parts[len(parts)-1])
 		}
 		return Config{}, err
 	}
@@ -200,7 +223,45 @@ func (c Config) Validate() error {
 	if !slices.Contains(pods.Strategies, c.MigrationStrategy) {
 		return bad("migration_strategy", "must be one of %s, got %q", strings.Join(pods.Strategies, ", "), c.MigrationStrategy)
 	}
+	if err := c.Update.Policy.Validate(); err != nil {
+		var pe *cycle.PolicyError
+		if errors.As(err, &pe) {
+			return bad("update."+pe.Key, "%s", pe.Msg)
+		}
+		return bad("update", "%v", err)
+	}
+	if c.Update.AptConfig != "" && !filepath.IsAbs(c.Update.AptConfig) {
+		return bad("update.apt_config", "must be an absolute path, got %q", c.Update.AptConfig)
+	}
+	if u := c.Update.FleetLockURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return bad("update.fleetlock_url", "must be an http:// or https:// URL, got %q", u)
+	}
 	return nil
+}
+
+// tomlKeys adds the dotted TOML key of every field of t (recursing into
+// tables, arrays of tables and embedded structs) to known.
+func tomlKeys(t reflect.Type, prefix string, known map[string]bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		ft := f.Type
+		if f.Anonymous && ft.Kind() == reflect.Struct {
+			tomlKeys(ft, prefix, known)
+			continue
+		}
+		name := f.Tag.Get("toml")
+		if name == "" || name == "-" {
+			continue
+		}
+		key := prefix + name
+		known[key] = true
+		if ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(netip.Prefix{}) {
+			tomlKeys(ft, key+".", known)
+		}
+	}
 }
 
 // configTOMLError converts a toml.Decode error. Syntax errors and errors

@@ -7,6 +7,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/autopod/autopod/cycle"
 )
 
 func writeConfigFile(t *testing.T, content string) string {
@@ -33,6 +36,7 @@ func TestConfigDefaults(t *testing.T) {
 		Watchdog:      true,
 
 		MigrationStrategy: "auto",
+		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got  %+v\nwant %+v", c, want)
@@ -85,20 +89,34 @@ func TestConfigPackagedFile(t *testing.T) {
 		t.Errorf("packaged file: %+v, %v", got, err)
 	}
 	var lines []string
-	n := 0
+	n, table := 0, false
 	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "#[") {
+			table = true
+			l = strings.TrimPrefix(l, "#")
+		}
 		if strings.HasPrefix(l, "#") && strings.Contains(l, " = ") && !strings.HasPrefix(l, "# ") {
 			l = strings.TrimPrefix(l, "#")
-			n++
+			if !table {
+				n++
+			}
 		}
 		lines = append(lines, l)
 	}
-	if want := reflect.TypeOf(Config{}).NumField(); n != want {
-		t.Errorf("packaged file has %d commented-out keys, want %d", n, want)
+	// Every top-level key, then the [update] table.
+	if want := reflect.TypeOf(Config{}).NumField() - 1; n != want {
+		t.Errorf("packaged file has %d commented-out top-level keys, want %d", n, want)
 	}
 	got, err = LoadConfig(writeConfigFile(t, strings.Join(lines, "\n")))
 	want := DefaultConfig()
 	want.CriuPath = got.CriuPath // the file can only show one of the two
+	if len(got.Update.Windows) != 1 {
+		t.Errorf("uncommented packaged file: windows %+v, want the one example", got.Update.Windows)
+	}
+	want.Update.Windows = got.Update.Windows // an example; none by default
+	if len(got.Update.Peers) == 0 {
+		want.Update.Peers = got.Update.Peers // [] for nil
+	}
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("uncommented packaged file: %+v, %v", got, err)
 	}
@@ -135,6 +153,7 @@ migration_strategy = "stop-and-copy"
 		Watchdog:      false,
 
 		MigrationStrategy: "stop-and-copy",
+		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got  %+v\nwant %+v", got, want)
@@ -213,5 +232,55 @@ func TestConfigValidate(t *testing.T) {
 	c.BridgeAddress = netip.Prefix{}
 	if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "bridge_address: ") {
 		t.Errorf("zero bridge_address: %v", err)
+	}
+}
+
+func TestConfigUpdateTable(t *testing.T) {
+	p := writeConfigFile(t, `log_level = "info"
+
+[update]
+mode = "notify"
+updates = "all"
+reboot_method = "kexec"
+no_peer = "local-checkpoint"
+peers = ["hostb", "hostc"]
+apt_config = "/srv/apt/apt.conf"
+fleetlock_url = "http://10.0.0.9:8080"
+evacuation_timeout = "10m"
+
+[[update.window]]
+days = ["sat", "sun"]
+start = "02:00"
+length = "3h"
+time_zone = "Europe/Berlin"
+`)
+	got, err := LoadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := got.Update
+	if u.Mode != cycle.ModeNotify || u.Updates != cycle.UpdatesAll || u.RebootMethod != cycle.RebootKexec ||
+		u.NoPeer != cycle.NoPeerLocalCheckpoint || u.EvacuationTimeout != 10*time.Minute ||
+		!reflect.DeepEqual(u.Peers, []string{"hostb", "hostc"}) || u.AptConfig != "/srv/apt/apt.conf" ||
+		u.FleetLockURL != "http://10.0.0.9:8080" || u.FleetLockGroup != "default" || u.InstallTimeout != time.Hour {
+		t.Errorf("got %+v", u)
+	}
+	if len(u.Windows) != 1 || u.Windows[0].Start != "02:00" || u.Windows[0].TimeZone != "Europe/Berlin" {
+		t.Errorf("windows %+v", u.Windows)
+	}
+
+	for _, c := range []struct{ name, file, want string }{
+		{"bad mode", "[update]\nmode = \"sometimes\"\n", ":2: update.mode: "},
+		{"unknown key", "[update]\nmodes = \"notify\"\n", ":2: update.modes: unknown key"},
+		{"window key", "[[update.window]]\nstart = \"02:00\"\nlenght = \"1h\"\n", ":3: update.window.lenght: unknown key"},
+		{"relative apt config", "[update]\napt_config = \"apt.conf\"\n", ":2: update.apt_config: must be an absolute path"},
+		{"fleetlock url", "[update]\nfleetlock_url = \"10.0.0.9\"\n", ":2: update.fleetlock_url: must be an http://"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := LoadConfig(writeConfigFile(t, c.file))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v, want %q", err, c.want)
+			}
+		})
 	}
 }

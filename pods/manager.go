@@ -130,6 +130,9 @@ type Manager struct {
 	dialer     PeerDialer
 	committed  map[string]bool // migrations committed as the source since start
 	strategies StrategySupport
+	// requests handles peer requests that are not about migrations (the
+	// update cycle's questions); nil: none.
+	requests func(ctx context.Context, conn MigrationConn, typ string, body json.RawMessage) (handled bool, err error)
 	// received are the post-copy migrations in that completed since start.
 	received map[string]bool
 	// pageServers are the page servers of post-copy migrations out.
@@ -549,7 +552,7 @@ func (m *Manager) Get(ctx context.Context, name string) (Status, error) {
 func (m *Manager) status(p *pod) Status {
 	s := Status{Name: p.spec.Name, State: p.st.State, File: p.spec.File, Since: p.st.Since,
 		Restarts: p.st.Restarts, Checkpoint: p.st.Checkpoint, Error: p.st.Error,
-		Home: p.st.Home, Location: p.st.Location}
+		Home: p.st.Home, Location: p.st.Location, MemoryLimit: p.spec.Limits.MemoryBytes}
 	if p.st.State == StateRunning || p.st.State == StateCheckpointing || p.st.State == StateMigrating {
 		s.Pid = p.st.Pid
 	}

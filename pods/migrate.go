@@ -331,9 +331,26 @@ func (m *Manager) ServePeer(ctx context.Context, conn MigrationConn) error {
 		}
 		return conn.Send("txn-decision", txnDecision{Decision: m.decision(ref.Txn, conn.PeerName())})
 	}
+	m.mu.Lock()
+	extra := m.requests
+	m.mu.Unlock()
+	if extra != nil {
+		if handled, err := extra(ctx, conn, typ, body); handled {
+			return err
+		}
+	}
 	err = fmt.Errorf("unexpected peer request %q", typ)
 	conn.SendError(err)
 	return err
+}
+
+// SetRequestHandler lets fn answer peer requests of types the pod runtime
+// does not know (the update cycle's lease and room questions). fn reports
+// whether it handled the request.
+func (m *Manager) SetRequestHandler(fn func(ctx context.Context, conn MigrationConn, typ string, body json.RawMessage) (handled bool, err error)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.requests = fn
 }
 
 // decision answers a destination asking how a migration it took part in

@@ -34,6 +34,8 @@ type Status struct {
 	Error      string    `json:"error,omitempty"`      // last failure, or the parse error for invalid pods
 	Home       string    `json:"home,omitempty"`       // the peer a guest pod belongs to
 	Location   string    `json:"location,omitempty"`   // the peer this host's pod was migrated to
+	// MemoryLimit is the pod's memory limit in bytes, 0 when unlimited.
+	MemoryLimit int64 `json:"memory_limit,omitempty"`
 }
 
 // Event reports a pod state change; the agent turns these into D-Bus signals.

@@ -8,6 +8,7 @@ package packaging
 
 import (
 	"bufio"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,6 +228,14 @@ func TestManConfigMatchesKeys(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^\.B ` + regexp.QuoteMeta(k) + `$`).MatchString(keys) {
 			t.Errorf("autopod.toml.5 does not document key %q (agent.Config)", k)
 		}
+		if typ.Field(i).Type.Kind() == reflect.Struct && typ.Field(i).Type != reflect.TypeOf(netip.Prefix{}) {
+			// A table: its header in the file, its keys in a section of their own.
+			if !regexp.MustCompile(`(?m)^#?\[` + regexp.QuoteMeta(k) + `\]$`).Match(conf) {
+				t.Errorf("the packaged autopod.toml does not list table [%s]", k)
+			}
+			tableKeys(t, man, conf, k, typ.Field(i).Type)
+			continue
+		}
 		if !regexp.MustCompile(`(?m)^#?` + regexp.QuoteMeta(k) + ` = `).Match(conf) {
 			t.Errorf("the packaged autopod.toml does not list key %q", k)
 		}
@@ -366,4 +375,41 @@ func TestSpecVersion(t *testing.T) {
 	if want := changelogVersion(t, filepath.Join(root, "debian/changelog")); string(m[1]) != want {
 		t.Errorf("rpm/autopod.spec falls back to version %s, debian/changelog says %s", m[1], want)
 	}
+}
+
+// tableKeys checks that every key of table name (Go type typ, embedded
+// structs flattened, arrays of tables by their own keys) is documented in
+// the man page section named after the table and listed in the packaged
+// file.
+func tableKeys(t *testing.T, man string, conf []byte, name string, typ reflect.Type) {
+	t.Helper()
+	sec := section(t, man, `"THE [`+strings.ToUpper(name)+`] TABLE"`)
+	var walk func(reflect.Type)
+	walk = func(typ reflect.Type) {
+		for i := 0; i < typ.NumField(); i++ {
+			f := typ.Field(i)
+			if f.Anonymous {
+				walk(f.Type)
+				continue
+			}
+			k, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if k == "" || k == "-" {
+				continue
+			}
+			if !regexp.MustCompile(`(?m)^\.B ` + regexp.QuoteMeta(k) + `$`).MatchString(sec) {
+				t.Errorf("autopod.toml.5 does not document key %q of [%s]", k, name)
+			}
+			if f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct {
+				if !regexp.MustCompile(`(?m)^#?\[\[` + regexp.QuoteMeta(name+"."+k) + `\]\]$`).Match(conf) {
+					t.Errorf("the packaged autopod.toml does not show [[%s.%s]]", name, k)
+				}
+				walk(f.Type.Elem())
+				continue
+			}
+			if !regexp.MustCompile(`(?m)^#?` + regexp.QuoteMeta(k) + ` = `).Match(conf) {
+				t.Errorf("the packaged autopod.toml does not list key %q of [%s]", k, name)
+			}
+		}
+	}
+	walk(typ)
 }
