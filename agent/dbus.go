@@ -17,6 +17,7 @@ import (
 	"github.com/godbus/dbus/v5/prop"
 
 	"github.com/autopod/autopod/peer"
+	"github.com/autopod/autopod/cycle"
 	"github.com/autopod/autopod/pods"
 )
 
@@ -45,6 +46,9 @@ const (
 	DBusErrNoIdentity     = DBusInterface + ".Error.NoIdentity"     // peer.ErrNoIdentity
 	DBusErrIdentityExists = DBusInterface + ".Error.IdentityExists" // peer.ErrIdentityExists
 	DBusErrNotSupported   = DBusInterface + ".Error.NotSupported"   // no Migrator or PeerRegistry configured
+	DBusErrTooLate        = DBusInterface + ".Error.TooLate"        // cycle.ErrTooLate: the update cycle cannot be cancelled any more
+	DBusErrNoUpdates      = DBusInterface + ".Error.NoUpdates"      // cycle.ErrNoUpdates, cycle.ErrNothingToCancel
+	DBusErrAborted        = DBusInterface + ".Error.Aborted"        // cycle.ErrAborted: the cycle ended before the pods were away
 	DBusErrFailed         = DBusInterface + ".Error.Failed"         // anything else
 )
 
@@ -132,6 +136,7 @@ type AgentObject struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
+	update   UpdateCycle      // nil: the update methods are not supported
 	migrator Migrator         // nil: Migrate, Evacuate and Return are not supported
 	peers    PeerRegistry     // nil: the Peer* methods and ListPeers are not supported
 	props    *prop.Properties // nil until Export
@@ -145,9 +150,10 @@ type AgentObject struct {
 // queued is one item of the event loop's queue: exactly one of event,
 // progress and flushed is set.
 type queued struct {
-	event    *pods.Event
-	progress *pods.MigrationProgress
-	flushed  chan struct{} // a barrier: closed when everything before it is sent
+	event      *pods.Event
+	progress   *pods.MigrationProgress
+	transition *cycle.Transition
+	flushed    chan struct{} // a barrier: closed when everything before it is sent
 }
 
 // NewAgentObject prepares the agent's D-Bus object on conn. Nothing is
@@ -775,8 +781,14 @@ func dbusError(err error) *dbus.Error {
 		name = DBusErrNotFound
 	case errors.Is(err, pods.ErrInvalid), errors.Is(err, errInvalidArgument):
 		name = DBusErrInvalid
-	case errors.Is(err, pods.ErrBusy):
+	case errors.Is(err, pods.ErrBusy), errors.Is(err, cycle.ErrBusy), errors.Is(err, cycle.ErrUpdating):
 		name = DBusErrBusy
+	case errors.Is(err, cycle.ErrTooLate):
+		name = DBusErrTooLate
+	case errors.Is(err, cycle.ErrNoUpdates), errors.Is(err, cycle.ErrNothingToCancel):
+		name = DBusErrNoUpdates
+	case errors.Is(err, cycle.ErrAborted):
+		name = DBusErrAborted
 	case errors.Is(err, pods.ErrRunning):
 		name = DBusErrAlreadyRunning
 	case errors.Is(err, pods.ErrNotRunning):
@@ -915,6 +927,12 @@ func (a *AgentObject) eventLoop() {
 				if err := a.conn.Emit(DBusPath, DBusInterface+".MigrationProgress", p.Pod, p.Peer, p.Phase, uint64(max(p.Bytes, 0))); err != nil {
 					a.log.Warn("emit MigrationProgress", "pod", p.Pod, "peer", p.Peer, "phase", p.Phase, "err", err)
 				}
+			case item.transition != nil:
+				tr := item.transition
+				if err := a.conn.Emit(DBusPath, DBusInterface+".UpdateStateChanged", string(tr.From), string(tr.To), tr.Reason); err != nil {
+					a.log.Warn("emit UpdateStateChanged", "to", tr.To, "err", err)
+				}
+				a.refreshUpdateProps()
 			case item.flushed != nil:
 				close(item.flushed)
 			}
@@ -971,12 +989,18 @@ func setProp(p *prop.Properties, name string, v any) (err error) {
 	return nil
 }
 
+// propertyMap is called with a.mu held.
 func (a *AgentObject) propertyMap(podCount uint32) prop.Map {
+	u := updatePropsOf(a.update)
 	return prop.Map{
 		DBusInterface: {
-			"Version":     {Value: a.info.Version, Emit: prop.EmitConst},
-			"CriuVersion": {Value: a.info.Criu.Version, Emit: prop.EmitConst},
-			"PodCount":    {Value: podCount, Emit: prop.EmitTrue},
+			"Version":        {Value: a.info.Version, Emit: prop.EmitConst},
+			"CriuVersion":    {Value: a.info.Criu.Version, Emit: prop.EmitConst},
+			"PodCount":       {Value: podCount, Emit: prop.EmitTrue},
+			"State":          {Value: u.State, Emit: prop.EmitTrue},
+			"PendingUpdates": {Value: u.PendingUpdates, Emit: prop.EmitTrue},
+			"RebootRequired": {Value: u.RebootRequired, Emit: prop.EmitTrue},
+			"NextWindow":     {Value: u.NextWindow, Emit: prop.EmitTrue},
 		},
 	}
 }
@@ -1006,6 +1030,14 @@ func methodArgNames() map[string][]string {
 		"PeerAdd":      {"name", "address", "cert_pem", "fingerprint"},
 		"PeerRemove":   {"name"},
 		"ListPeers":    {"peers"},
+
+		"UpdateStatusJSON": {"json"},
+		"CheckUpdates":     {"updates", "reboot_required"},
+		"StartUpdate":      {"dry_run", "plan_json"},
+		"StartUpdateNow":   {"dry_run", "plan_json"},
+		"Cancel":           {},
+		"PreInstall":       {"packages", "needed"},
+		"PostInstall":      {"ok", "detail"},
 	}
 }
 
@@ -1018,6 +1050,14 @@ func signals() []introspect.Signal {
 				{Name: "name", Type: "s"},
 				{Name: "state", Type: "s"},
 				{Name: "error", Type: "s"},
+			},
+		},
+		{
+			Name: "UpdateStateChanged",
+			Args: []introspect.Arg{
+				{Name: "from", Type: "s"},
+				{Name: "to", Type: "s"},
+				{Name: "reason", Type: "s"},
 			},
 		},
 		{

@@ -558,6 +558,14 @@ func TestIntrospectionComplete(t *testing.T) {
 		"PeerAdd":      "sss/s",
 		"PeerRemove":   "s/",
 		"ListPeers":    "/a(sss)",
+
+		"UpdateStatusJSON": "/s",
+		"CheckUpdates":     "/a(sss)b",
+		"StartUpdate":      "b/s",
+		"StartUpdateNow":   "b/s",
+		"Cancel":           "/",
+		"PreInstall":       "a(ss)/b",
+		"PostInstall":      "bs/",
 	}
 	got := map[string]string{}
 	for _, m := range methods {
@@ -813,7 +821,7 @@ func TestDBusProperties(t *testing.T) {
 	if err := h.agent.Call("org.freedesktop.DBus.Properties.GetAll", 0, DBusInterface).Store(&all); err != nil {
 		t.Fatal(err)
 	}
-	if got := slices.Sorted(maps.Keys(all)); !slices.Equal(got, []string{"CriuVersion", "PodCount", "Version"}) {
+	if got := slices.Sorted(maps.Keys(all)); !slices.Equal(got, []string{"CriuVersion", "NextWindow", "PendingUpdates", "PodCount", "RebootRequired", "State", "Version"}) {
 		t.Errorf("GetAll keys = %v", got)
 	}
 	err := h.agent.SetProperty(DBusInterface+".PodCount", dbus.MakeVariant(uint32(9)))
@@ -927,6 +935,19 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 		"PodCount":          {"property", "u"},
 		"PodStateChanged":   {"signal", "sss"},
 		"MigrationProgress": {"signal", "ssst"},
+
+		"UpdateStatusJSON":   {"method", "-"},
+		"CheckUpdates":       {"method", "-"},
+		"StartUpdate":        {"method", "b"},
+		"StartUpdateNow":     {"method", "b"},
+		"Cancel":             {"method", "-"},
+		"PreInstall":         {"method", "a(ss)"},
+		"PostInstall":        {"method", "bs"},
+		"State":              {"property", "s"},
+		"PendingUpdates":     {"property", "a(sss)"},
+		"RebootRequired":     {"property", "b"},
+		"NextWindow":         {"property", "(tt)"},
+		"UpdateStateChanged": {"signal", "sss"},
 	}
 	for name, w := range want {
 		f, ok := members[name]
@@ -977,8 +998,9 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 			sigArgs[sig.Name] = strings.Join(args, ", ")
 		}
 		wantSigs := map[string]string{
-			"PodStateChanged":   "s name, s state, s error",
-			"MigrationProgress": "s pod, s peer, s phase, t bytes",
+			"PodStateChanged":    "s name, s state, s error",
+			"MigrationProgress":  "s pod, s peer, s phase, t bytes",
+			"UpdateStateChanged": "s from, s to, s reason",
 		}
 		if !maps.Equal(sigArgs, wantSigs) {
 			t.Errorf("signals %v, want %v", sigArgs, wantSigs)

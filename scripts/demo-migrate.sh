@@ -72,6 +72,10 @@ state_dir = "$d/state"
 log_dir = "$d/log"
 bridge_address = "$net.$([ $l = a ] && echo 1 || echo 2)/24"
 cgroup_root = "autopod-demo-$l"
+
+# The demo must never install this machine's pending updates.
+[update]
+mode = "notify"
 TOML
   dbus-daemon --config-file="$top/test/dbus/system-bus.conf" --address="unix:path=$d/bus" --nofork --nopidfile 2>"$d/dbus.log" &
   echo $! >"$d/bus.pid"

@@ -46,6 +46,10 @@ log_dir = "$demo/log"
 bridge = "autopod0"
 bridge_address = "10.77.0.1/24"
 peer_port = 17781
+
+# The demo must never install this machine's pending updates.
+[update]
+mode = "notify"
 TOML
 cat >"$demo/pods/cache.toml" <<TOML
 # A redis server in its own namespaces, reachable at its own address.

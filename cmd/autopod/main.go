@@ -244,6 +244,14 @@ func run(o options) error {
 	mgr.SetPeerDialer(peers)
 	obj := agent.NewAgentObject(conn, mgr, agent.StatusInfo{Version: version, Criu: criu}, log)
 	obj.SetMigration(mgr, peers)
+	upd, err := newUpdateCycle(cfg, mgr, peers, conn, obj, log)
+	if err != nil {
+		return fmt.Errorf("update cycle: %w", err)
+	}
+	if upd != nil {
+		obj.SetUpdateCycle(upd.service)
+		mgr.SetRequestHandler(upd.peers.Handle)
+	}
 	if err := obj.Export(); err != nil {
 		return err
 	}
@@ -264,6 +272,11 @@ func run(o options) error {
 		return err
 	}
 	go peers.Serve(ctx, l, mgr.ServePeer)
+	if upd != nil {
+		// After the pods are loaded and peers can reach this host: a
+		// cycle interrupted by a crash or the reboot carries on now.
+		go upd.run(ctx)
+	}
 	log.Info("autopod ready", "version", version, "peer_addr", l.Addr().String(), "socket_activated", activated)
 
 	n := len(mgr.List(ctx))

@@ -75,6 +75,9 @@ bridge = %q
 bridge_address = "10.96.0.1/24"
 peer_port = %d
 cgroup_root = "autopod-systest"
+
+[update]
+mode = "notify"
 `, testbed.CriuPath(t), pods, filepath.Join(dir, "state"), filepath.Join(dir, "log"), bridge, peerPort)), 0o644)
 	os.WriteFile(filepath.Join(pods, "kv.toml"), []byte(fmt.Sprintf(`# redis, the key-value pod
 command = "/usr/bin/redis-server"

@@ -184,20 +184,32 @@ bridge = "autopod0"
 bridge_address = "%s/24"
 peer_port = 7781
 cgroup_root = "autopod-tb-%s"
+
+# Tests start update cycles themselves; never let one install on this machine.
+[update]
+mode = "notify"
 `, CriuPath(t), h.PodsDir, filepath.Join(h.Dir, "state"), filepath.Join(h.Dir, "log"), h.Addr, letter)), 0o644)
 	b.Hosts = append(b.Hosts, h)
 }
 
-// Configure appends TOML lines to the host's autopod.toml; call it before
-// StartAgent.
+// Configure adds TOML lines to the host's autopod.toml, before its first
+// table, so that top-level keys stay top-level; call it before StartAgent.
+// Lines that start with a table header go at the end.
 func (h *Host) Configure(t testing.TB, lines string) {
 	t.Helper()
-	f, err := os.OpenFile(h.Config, os.O_APPEND|os.O_WRONLY, 0)
+	data, err := os.ReadFile(h.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if _, err := f.WriteString(lines + "\n"); err != nil {
+	s := string(data)
+	if strings.HasPrefix(strings.TrimSpace(lines), "[") {
+		s += "\n" + lines + "\n"
+	} else if i := strings.Index(s, "\n["); i >= 0 {
+		s = s[:i+1] + lines + "\n" + s[i+1:]
+	} else {
+		s += lines + "\n"
+	}
+	if err := os.WriteFile(h.Config, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
