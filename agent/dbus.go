@@ -16,8 +16,8 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 	"github.com/godbus/dbus/v5/prop"
 
-	"github.com/autopod/autopod/peer"
 	"github.com/autopod/autopod/cycle"
+	"github.com/autopod/autopod/peer"
 	"github.com/autopod/autopod/pods"
 )
 
