@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/autopod/autopod/cycle"
+
 	"github.com/godbus/dbus/v5"
 )
 
@@ -133,6 +135,9 @@ type agentStatus struct {
 	Version string   `json:"version"`
 	Criu    criuInfo `json:"criu"`
 	Pods    uint32   `json:"pods"`
+	// Update is the update cycle (the agent's UpdateStatusJSON); nil when
+	// the agent runs without one.
+	Update *cycle.Status `json:"update,omitempty"`
 }
 
 type criuInfo struct {

@@ -67,16 +67,24 @@ func commandTable() []commandSpec {
 	return []commandSpec{
 		{
 			name:    "status",
-			summary: "Show the agent's version, its CRIU and the number of pods.",
+			summary: "Show the agent, its CRIU, the number of pods and the update cycle.",
 			desc: `Shows what the agent learned about itself at start: its version, the CRIU
 binary it uses (path, version, and which optional CRIU features the
 running kernel supports), why CRIU is unusable if it is, and how many pods
 the agent knows. Checkpoints need a working CRIU; "CRIU error" names the
-problem when there is one.`,
+problem when there is one.
+
+Then the update cycle: its state and why it is there, the pending updates
+the policy acts on, whether a reboot is required, the next maintenance
+window, whether this host holds the fleet lease, who blocks the reboot
+(logind "block" inhibitors: who, pid, uid and why) and the last error.`,
 			output: `People get one "key: value" line per item. With --json, one object:
   {"version": "...", "criu": {"path": "...", "version": "...",
-   "features": {"NAME": true|false, ...}, "error": "..."}, "pods": N}`,
-			dbus:    "org.autopod.Agent1.Status() -> a{sv}",
+   "features": {"NAME": true|false, ...}, "error": "..."}, "pods": N,
+   "update": {"state": "Idle", "reason": "...", "pending_updates": [...],
+   "reboot_required": false, "next_window_start": "...", "lease_held": false,
+   "blockers": [...], "last_error": "...", "history": [...], ...}}`,
+			dbus:    "org.autopod.Agent1.Status() -> a{sv}\norg.autopod.Agent1.UpdateStatusJSON() -> s",
 			example: "autopodctl status\nautopodctl --json status | jq .criu.features",
 		},
 		{
@@ -287,6 +295,48 @@ peer". With --json, no progress, only the result:
 			dbus: `org.autopod.Agent1.Return() -> (as returned)
 signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)`,
 			example: "sudo autopodctl return",
+		},
+		{
+			name:    "update",
+			flags:   "[--check | --dry-run | --cancel] [--now]",
+			accepts: []string{"check", "dry-run", "now", "cancel"},
+			timeout: 5 * time.Minute,
+			root:    true,
+			summary: "Check for updates, show the update plan, start or cancel an update cycle.",
+			desc: `Drives the update cycle: the agent moves this host's pods to a peer,
+installs the pending updates, reboots (through systemd-logind, or kexec)
+and pulls the pods back, holding the fleet lease so that no two peers
+update at once and a logind delay lock while the pods move.
+
+Without options it starts a cycle: one that waits for the maintenance
+window (in notify mode this is the operator's go-ahead), or at once with
+--now. The command returns as soon as the cycle is under way, printing its
+plan; "autopodctl status" follows it.
+
+--dry-run prints the plan instead, changing nothing: the packages, which
+pods go to which peer (every peer is asked, and a refusal says why),
+when, how the host reboots and why the cycle would run. --check asks the
+package manager now and lists what is pending. --cancel stops a cycle
+that has not begun installing: the pods come home and the lease is
+released; once packages are being installed the cycle must finish.`,
+			options: `--check
+    List the pending updates and whether a reboot is required.
+--dry-run
+    Print the plan without doing anything; with --now, as if started now.
+--now
+    Ignore the maintenance window.
+--cancel
+    Cancel the running cycle (before it installs).`,
+			output: `--check: a table PACKAGE VERSION CLASS (kernel, boot, other), then
+"reboot required: yes|no". Otherwise "key: value" lines: Updates, Reboot
+required, When, Pods go to (and each pod), Refused by PEER (and why),
+Reboot, Why. With --json, the plan or the check result as an object.`,
+			dbus: `org.autopod.Agent1.CheckUpdates() -> (a(sss) updates, b reboot_required)
+org.autopod.Agent1.StartUpdate(b dry_run) -> (s plan_json)
+org.autopod.Agent1.StartUpdateNow(b dry_run) -> (s plan_json)
+org.autopod.Agent1.Cancel()
+signal org.autopod.Agent1.UpdateStateChanged(s from, s to, s reason)`,
+			example: "sudo autopodctl update --check\nsudo autopodctl update --dry-run --now\nsudo autopodctl update --now\nsudo autopodctl update --cancel",
 		},
 		{
 			name:    "peer",

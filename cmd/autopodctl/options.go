@@ -36,6 +36,10 @@ type options struct {
 	to           string // --to PEER: migrate, evacuate
 	force        bool   // peer init
 	cert         string // --cert FILE: peer add
+	dryRun       bool   // update
+	now          bool   // update
+	cancel       bool   // update
+	check        bool   // update
 	help         bool   // -h/--help, or the help command
 
 	command string   // canonical command name; "" only with help
@@ -111,6 +115,18 @@ func parseArgs(args []string) (options, error) {
 		case "force":
 			opts.force, err = boolValue(name, value, hasValue)
 			set(name, opts.force)
+		case "dry-run":
+			opts.dryRun, err = boolValue(name, value, hasValue)
+			set(name, opts.dryRun)
+		case "now":
+			opts.now, err = boolValue(name, value, hasValue)
+			set(name, opts.now)
+		case "cancel":
+			opts.cancel, err = boolValue(name, value, hasValue)
+			set(name, opts.cancel)
+		case "check":
+			opts.check, err = boolValue(name, value, hasValue)
+			set(name, opts.check)
 		case "to":
 			if opts.to, err = needValue(); err == nil && opts.to == "" {
 				err = usagef("option --to needs a peer name")

@@ -85,6 +85,7 @@ func renderStatus(w io.Writer, st agentStatus) error {
 		fmt.Fprintf(tw, "CRIU error:\t%s\n", oneLine(st.Criu.Error))
 	}
 	fmt.Fprintf(tw, "Pods:\t%d\n", st.Pods)
+	renderUpdateStatus(tw, st.Update, time.Now())
 	return tw.Flush()
 }
 

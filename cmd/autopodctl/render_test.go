@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/autopod/autopod/cycle"
 )
 
 var testNow = time.Date(2025, 3, 4, 12, 0, 0, 0, time.UTC)
@@ -57,9 +59,37 @@ func TestRenderStatus(t *testing.T) {
 		"CRIU path:      /usr/sbin/criu\n" +
 		"CRIU version:   4.1\n" +
 		"CRIU features:  mem_dirty_track, uffd (unsupported: lazy_pages)\n" +
-		"Pods:           3\n"
+		"Pods:           3\n" +
+		"Update cycle:   off (no apt or dnf on this host)\n"
 	if b.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+
+	// With an update cycle waiting for a blocked reboot.
+	b.Reset()
+	st.Update = &cycle.Status{
+		Record: cycle.Record{State: cycle.Rebooting, Reason: "reboot blocked by backup.service",
+			LeaseHeld: true, Blockers: []cycle.Blocker{{Who: "backup.service", Why: "nightly backup", What: "shutdown", PID: 812}},
+			LastError: "install: apt-get: exit status 100"},
+		PendingUpdates: []cycle.Update{{Name: "linux-image-amd64", Version: "6.1.119-1", Class: cycle.ClassKernel}},
+		RebootRequired: true,
+	}
+	if err := renderStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"Update state:       rebooting",
+		"Update reason:      reboot blocked by backup.service",
+		"Pending updates:    linux-image-amd64 6.1.119-1 (kernel)",
+		"Reboot required:    yes",
+		"Next window:        any time (no maintenance window)",
+		"Fleet lease:        held by this host",
+		"Reboot blocked by:  backup.service",
+		"Last update error:  install: apt-get: exit status 100",
+	} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("no line %q in:\n%s", line, b.String())
+		}
 	}
 
 	b.Reset()

@@ -62,6 +62,9 @@ func execute(ctx context.Context, opts options, addr string, w, ew io.Writer, no
 		if err != nil {
 			return err
 		}
+		if st.Update, err = c.updateStatus(ctx); err != nil {
+			return err
+		}
 		if opts.json {
 			return writeJSON(w, st)
 		}
@@ -111,6 +114,9 @@ func execute(ctx context.Context, opts options, addr string, w, ew io.Writer, no
 
 	case "migrate", "evacuate", "return":
 		return runMigration(ctx, c, opts, w)
+
+	case "update":
+		return runUpdate(ctx, c, opts, w)
 
 	case "peer init", "peer cert":
 		var id peerIdentity
