@@ -214,6 +214,23 @@ func (h *Host) Configure(t testing.TB, lines string) {
 	}
 }
 
+// ConfigureUpdate adds keys to the host's [update] table (the last one of
+// its autopod.toml); a mode given replaces the test-bed's "notify".
+func (h *Host) ConfigureUpdate(t testing.TB, lines string) {
+	t.Helper()
+	data, err := os.ReadFile(h.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	if strings.Contains(lines, "mode =") {
+		s = strings.Replace(s, "mode = \"notify\"\n", "", 1)
+	}
+	if err := os.WriteFile(h.Config, []byte(s+lines+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitFor(t testing.TB, d time.Duration, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
