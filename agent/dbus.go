@@ -1031,13 +1031,14 @@ func methodArgNames() map[string][]string {
 		"PeerRemove":   {"name"},
 		"ListPeers":    {"peers"},
 
-		"UpdateStatusJSON": {"json"},
-		"CheckUpdates":     {"updates", "reboot_required"},
-		"StartUpdate":      {"dry_run", "plan_json"},
-		"StartUpdateNow":   {"dry_run", "plan_json"},
-		"Cancel":           {},
-		"PreInstall":       {"packages", "needed"},
-		"PostInstall":      {"ok", "detail"},
+		"UpdateStatusJSON":     {"json"},
+		"CheckUpdates":         {"updates", "reboot_required"},
+		"StartUpdate":          {"dry_run", "plan_json"},
+		"StartUpdateNow":       {"dry_run", "plan_json"},
+		"Cancel":               {},
+		"ExternalInstallBegin": {"tool", "packages", "needed"},
+		"WaitInstallReady":     {},
+		"ExternalInstallEnd":   {"ok", "detail"},
 	}
 }
 

@@ -559,13 +559,14 @@ func TestIntrospectionComplete(t *testing.T) {
 		"PeerRemove":   "s/",
 		"ListPeers":    "/a(sss)",
 
-		"UpdateStatusJSON": "/s",
-		"CheckUpdates":     "/a(sss)b",
-		"StartUpdate":      "b/s",
-		"StartUpdateNow":   "b/s",
-		"Cancel":           "/",
-		"PreInstall":       "a(ss)/b",
-		"PostInstall":      "bs/",
+		"UpdateStatusJSON":     "/s",
+		"CheckUpdates":         "/a(sss)b",
+		"StartUpdate":          "b/s",
+		"StartUpdateNow":       "b/s",
+		"Cancel":               "/",
+		"ExternalInstallBegin": "sa(ss)/b",
+		"WaitInstallReady":     "/",
+		"ExternalInstallEnd":   "bs/",
 	}
 	got := map[string]string{}
 	for _, m := range methods {
@@ -936,18 +937,19 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 		"PodStateChanged":   {"signal", "sss"},
 		"MigrationProgress": {"signal", "ssst"},
 
-		"UpdateStatusJSON":   {"method", "-"},
-		"CheckUpdates":       {"method", "-"},
-		"StartUpdate":        {"method", "b"},
-		"StartUpdateNow":     {"method", "b"},
-		"Cancel":             {"method", "-"},
-		"PreInstall":         {"method", "a(ss)"},
-		"PostInstall":        {"method", "bs"},
-		"State":              {"property", "s"},
-		"PendingUpdates":     {"property", "a(sss)"},
-		"RebootRequired":     {"property", "b"},
-		"NextWindow":         {"property", "(tt)"},
-		"UpdateStateChanged": {"signal", "sss"},
+		"UpdateStatusJSON":     {"method", "-"},
+		"CheckUpdates":         {"method", "-"},
+		"StartUpdate":          {"method", "b"},
+		"StartUpdateNow":       {"method", "b"},
+		"Cancel":               {"method", "-"},
+		"ExternalInstallBegin": {"method", "sa(ss)"},
+		"WaitInstallReady":     {"method", "-"},
+		"ExternalInstallEnd":   {"method", "bs"},
+		"State":                {"property", "s"},
+		"PendingUpdates":       {"property", "a(sss)"},
+		"RebootRequired":       {"property", "b"},
+		"NextWindow":           {"property", "(tt)"},
+		"UpdateStateChanged":   {"signal", "sss"},
 	}
 	for name, w := range want {
 		f, ok := members[name]

@@ -20,12 +20,13 @@ type UpdateCycle interface {
 	CheckUpdates(ctx context.Context) (cycle.CheckResult, error)
 	StartUpdate(ctx context.Context, opts cycle.StartOptions) (cycle.Plan, error)
 	Cancel(ctx context.Context) error
-	// PreInstall is the package manager's hook before it installs pkgs:
-	// it returns once the pods are away (needed) or when the packages
-	// need nothing from autopod (not needed).
-	PreInstall(ctx context.Context, pkgs []HookPackage) (needed bool, err error)
-	// PostInstall is the hook after the package manager's run.
-	PostInstall(ctx context.Context, ok bool, detail string) error
+	// ExternalInstallBegin is the package manager's hook before it
+	// installs pkgs: needed says whether autopod moves the pods away
+	// first (then WaitInstallReady waits for that).
+	ExternalInstallBegin(ctx context.Context, tool string, pkgs []HookPackage) (needed bool, err error)
+	WaitInstallReady(ctx context.Context) error
+	// ExternalInstallEnd is the hook after the package manager's run.
+	ExternalInstallEnd(ctx context.Context, ok bool, detail string) error
 }
 
 // HookPackage is a package a package manager is about to install, as its
@@ -50,21 +51,25 @@ func (u *UpdateService) StartUpdate(ctx context.Context, opts cycle.StartOptions
 }
 func (u *UpdateService) Cancel(ctx context.Context) error { return u.M.Cancel(ctx) }
 
-// PreInstall classifies pkgs and, when the policy acts on one of them,
-// starts (or joins) a cycle and waits until the pods are away.
-func (u *UpdateService) PreInstall(ctx context.Context, pkgs []HookPackage) (bool, error) {
+// ExternalInstallBegin classifies pkgs and, when the policy acts on one
+// of them, starts (or joins) a cycle that moves the pods away.
+func (u *UpdateService) ExternalInstallBegin(ctx context.Context, tool string, pkgs []HookPackage) (bool, error) {
+	b := u.Backend
+	if tool == string(updater.Apt) || tool == string(updater.Dnf) {
+		b = updater.Backend(tool)
+	}
 	var ups []cycle.Update
 	for _, p := range pkgs {
-		ups = append(ups, cycle.Update{Name: p.Name, Version: p.Version, Class: cycleClass(updater.Classify(u.Backend, p.Name))})
+		ups = append(ups, cycle.Update{Name: p.Name, Version: p.Version, Class: cycleClass(updater.Classify(b, p.Name))})
 	}
-	needed, err := u.M.ExternalInstallBegin(ctx, ups)
-	if err != nil || !needed {
-		return needed, err
-	}
-	return true, u.M.WaitInstallReady(ctx)
+	return u.M.ExternalInstallBegin(ctx, ups)
 }
 
-func (u *UpdateService) PostInstall(ctx context.Context, ok bool, detail string) error {
+func (u *UpdateService) WaitInstallReady(ctx context.Context) error {
+	return u.M.WaitInstallReady(ctx)
+}
+
+func (u *UpdateService) ExternalInstallEnd(ctx context.Context, ok bool, detail string) error {
 	return u.M.ExternalInstallEnd(ctx, ok, detail)
 }
 
@@ -244,30 +249,43 @@ func (a *AgentObject) Cancel(sender dbus.Sender) *dbus.Error {
 	})
 }
 
-// PreInstall is called by apt's and dnf's hooks before they install
-// packages (name, version). When the policy acts on one of them it starts
-// an update cycle and returns once the pods are away; it fails (Aborted)
-// when the cycle ended without moving them.
-func (a *AgentObject) PreInstall(sender dbus.Sender, packages []HookPackage) (bool, *dbus.Error) {
+// ExternalInstallBegin is called by apt's and dnf's hooks (tool "apt" or
+// "dnf") before they install packages (name, version). needed: the policy
+// acts on one of them, and an update cycle now moves the pods away; the
+// hook then calls WaitInstallReady before it lets the install go on.
+func (a *AgentObject) ExternalInstallBegin(sender dbus.Sender, tool string, packages []HookPackage) (bool, *dbus.Error) {
 	var needed bool
-	derr := a.run(sender, "PreInstall", []any{"packages", len(packages)}, nil, func(ctx context.Context) error {
+	derr := a.run(sender, "ExternalInstallBegin", []any{"tool", tool, "packages", len(packages)}, nil, func(ctx context.Context) error {
 		u, err := a.updateCycle()
 		if err != nil {
 			return err
 		}
-		needed, err = u.PreInstall(ctx, packages)
+		needed, err = u.ExternalInstallBegin(ctx, tool, packages)
 		return err
 	})
 	return needed, derr
 }
 
-// PostInstall is called by the hooks after the package manager ran.
-func (a *AgentObject) PostInstall(sender dbus.Sender, ok bool, detail string) *dbus.Error {
-	return a.run(sender, "PostInstall", []any{"ok", ok}, nil, func(ctx context.Context) error {
+// WaitInstallReady returns once the pods are away and the package manager
+// may install; it fails (Aborted) when the cycle ended without moving
+// them. UpdateStateChanged signals tell how it goes meanwhile.
+func (a *AgentObject) WaitInstallReady(sender dbus.Sender) *dbus.Error {
+	return a.run(sender, "WaitInstallReady", nil, nil, func(ctx context.Context) error {
 		u, err := a.updateCycle()
 		if err != nil {
 			return err
 		}
-		return u.PostInstall(ctx, ok, detail)
+		return u.WaitInstallReady(ctx)
+	})
+}
+
+// ExternalInstallEnd is called by the hooks after the package manager ran.
+func (a *AgentObject) ExternalInstallEnd(sender dbus.Sender, ok bool, detail string) *dbus.Error {
+	return a.run(sender, "ExternalInstallEnd", []any{"ok", ok}, nil, func(ctx context.Context) error {
+		u, err := a.updateCycle()
+		if err != nil {
+			return err
+		}
+		return u.ExternalInstallEnd(ctx, ok, detail)
 	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/autopod/autopod/atomicfile"
 	"github.com/autopod/autopod/cycle"
 	"github.com/autopod/autopod/fleetlock"
+	"github.com/autopod/autopod/hooks"
 	"github.com/autopod/autopod/logind"
 	"github.com/autopod/autopod/pods"
 	"github.com/autopod/autopod/updater"
@@ -540,7 +541,8 @@ func (c CycleInstaller) Install(ctx context.Context, updates []cycle.Update) err
 	for _, u := range updates {
 		names = append(names, u.Name)
 	}
-	env := append(os.Environ(), EnvInstalling+"=1", "DEBIAN_FRONTEND=noninteractive")
+	// Its own hooks let this install through without asking the agent.
+	env := append(os.Environ(), EnvInstalling+"=1", hooks.SkipEnv+"=skip", "DEBIAN_FRONTEND=noninteractive")
 	switch c.Backend {
 	case updater.Apt:
 		if c.AptConfig != "" {
@@ -579,11 +581,30 @@ func (c CycleInstaller) run(ctx context.Context, env []string, name string, args
 type CycleRebooter struct {
 	Client  *logind.Client // nil: no logind
 	Command string         // sh -c COMMAND instead of logind
-	Log     *slog.Logger
+	// DpkgLock is dpkg's frontend lock ("" on hosts without dpkg): no
+	// reboot while apt still holds it. unattended-upgrades installs in
+	// steps, and apt's post-invoke hook, which ends an apt-triggered
+	// install for the cycle, runs after each step.
+	DpkgLock string
+	Log      *slog.Logger
 }
 
-// Reboot asks for the reboot.
+// Reboot asks for the reboot, once no package manager is at work.
 func (c CycleRebooter) Reboot(ctx context.Context, method cycle.RebootMethod) error {
+	if c.DpkgLock != "" {
+		for {
+			pid, held, err := hooks.LockHolder(c.DpkgLock)
+			if err != nil || !held {
+				break
+			}
+			c.Log.Info("waiting for the package manager to finish before the reboot", "lock", c.DpkgLock, "pid", pid)
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("the package manager (pid %d) still holds %s: %w", pid, c.DpkgLock, ctx.Err())
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
 	if c.Command != "" {
 		c.Log.Warn("rebooting with the test command instead of logind", "command", c.Command)
 		cmd := exec.Command("sh", "-c", c.Command)

@@ -16,6 +16,7 @@ import (
 	"github.com/autopod/autopod/agent"
 	"github.com/autopod/autopod/cycle"
 	"github.com/autopod/autopod/fleetlock"
+	"github.com/autopod/autopod/hooks"
 	"github.com/autopod/autopod/logind"
 	"github.com/autopod/autopod/pods"
 	"github.com/autopod/autopod/updater"
@@ -82,7 +83,7 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 		Lock:      agent.CycleLock{Dialer: peers, Configured: cfg.Update.Peers, Store: store, Fleet: fleet},
 		Inhibitor: agent.CycleInhibitor{Client: lc, Log: log},
 		Installer: agent.CycleInstaller{Backend: det.Backend(), AptConfig: cfg.Update.AptConfig, Log: log},
-		Rebooter:  agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), Log: log},
+		Rebooter:  agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), DpkgLock: dpkgLock(det.Backend(), cfg.Update.AptConfig), Log: log},
 		BootID:    bootID,
 		Notify:    obj.OnTransition,
 		Log:       log,
@@ -119,6 +120,24 @@ func watchPaths(b updater.Backend, aptConfig string) []string {
 		}
 	}
 	return paths
+}
+
+// dpkgLock is dpkg's frontend lock, in the private root of apt_config if
+// one is set; "" without dpkg.
+func dpkgLock(b updater.Backend, aptConfig string) string {
+	if b != updater.Apt {
+		return ""
+	}
+	if aptConfig == "" {
+		return hooks.DpkgFrontendLock
+	}
+	cmd := exec.Command("apt-config", "shell", "STATUS", "Dir::State::status/f")
+	cmd.Env = append(os.Environ(), "APT_CONFIG="+aptConfig)
+	out, err := cmd.Output()
+	if _, v, ok := strings.Cut(strings.TrimSpace(string(out)), "="); err == nil && ok {
+		return filepath.Join(filepath.Dir(strings.Trim(v, "'")), "lock-frontend")
+	}
+	return hooks.DpkgFrontendLock
 }
 
 // run drives the cycle until ctx ends: the machine itself, and a check

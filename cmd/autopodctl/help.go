@@ -339,6 +339,60 @@ signal org.autopod.Agent1.UpdateStateChanged(s from, s to, s reason)`,
 			example: "sudo autopodctl update --check\nsudo autopodctl update --dry-run --now\nsudo autopodctl update --now\nsudo autopodctl update --cancel",
 		},
 		{
+			name:    "hook",
+			group:   true,
+			summary: "The package managers' hooks (run by apt and dnf, not by people).",
+			desc: `apt (DPkg::Pre-Install-Pkgs and DPkg::Post-Invoke in
+/etc/apt/apt.conf.d/99autopod) and dnf (the autopod plugin) run these
+before and after they install packages. When a package the update policy
+acts on is about to be installed (a kernel, by default), the hook asks
+the agent to move the pods to a peer first and waits, with a timeout,
+printing how it goes; if that fails, the install stops with a message
+saying why and how to go on. Other installs go ahead at once. An agent
+that cannot be reached stops only kernel installs. AUTOPOD_HOOK=skip in
+the environment turns the hooks off for one run. unattended-upgrades is
+configured to leave the reboot to autopod
+(/etc/apt/apt.conf.d/99autopod-unattended-upgrades).`,
+		},
+		{
+			name:    "hook apt-pre-install",
+			timeout: 2 * time.Hour,
+			root:    true,
+			summary: "apt's DPkg::Pre-Install-Pkgs hook (protocol version 3 on stdin).",
+			desc:    `Reads what apt is about to do and, for packages the policy acts on, waits until the agent has moved the pods away.`,
+			dbus:    "org.autopod.Agent1.ExternalInstallBegin(s tool, a(ss) packages) -> (b needed)\norg.autopod.Agent1.WaitInstallReady()",
+			example: "(run by apt)",
+		},
+		{
+			name:    "hook apt-post-invoke",
+			root:    true,
+			summary: "apt's DPkg::Post-Invoke hook: tells the agent apt has finished.",
+			desc:    `Tells the agent that apt's run has ended and whether the packages it installed are configured.`,
+			dbus:    "org.autopod.Agent1.ExternalInstallEnd(b ok, s detail)",
+			example: "(run by apt)",
+		},
+		{
+			name:    "hook dnf-pre-transaction",
+			timeout: 2 * time.Hour,
+			root:    true,
+			summary: "The dnf plugin's pre-transaction hook (one package a line on stdin).",
+			desc:    `Reads the transaction's packages and, for packages the policy acts on, waits until the agent has moved the pods away.`,
+			dbus:    "org.autopod.Agent1.ExternalInstallBegin(s tool, a(ss) packages) -> (b needed)\norg.autopod.Agent1.WaitInstallReady()",
+			example: "(run by dnf)",
+		},
+		{
+			name:    "hook dnf-post-transaction",
+			flags:   "[--failed]",
+			accepts: []string{"failed"},
+			root:    true,
+			summary: "The dnf plugin's post-transaction hook.",
+			desc:    `Tells the agent that dnf's transaction has ended; --failed when it did not complete.`,
+			options: `--failed
+    The transaction failed.`,
+			dbus:    "org.autopod.Agent1.ExternalInstallEnd(b ok, s detail)",
+			example: "(run by dnf)",
+		},
+		{
 			name:    "peer",
 			group:   true,
 			summary: "Manage this host's peer identity and the pinned peers.",

@@ -40,6 +40,7 @@ type options struct {
 	now          bool   // update
 	cancel       bool   // update
 	check        bool   // update
+	failed       bool   // hook dnf-post-transaction
 	help         bool   // -h/--help, or the help command
 
 	command string   // canonical command name; "" only with help
@@ -124,6 +125,9 @@ func parseArgs(args []string) (options, error) {
 		case "cancel":
 			opts.cancel, err = boolValue(name, value, hasValue)
 			set(name, opts.cancel)
+		case "failed":
+			opts.failed, err = boolValue(name, value, hasValue)
+			set(name, opts.failed)
 		case "check":
 			opts.check, err = boolValue(name, value, hasValue)
 			set(name, opts.check)

@@ -42,6 +42,9 @@ func execute(ctx context.Context, opts options, addr string, w, ew io.Writer, no
 	if opts.command == "version" {
 		return runVersion(ctx, opts, addr, w)
 	}
+	if strings.HasPrefix(opts.command, "hook ") {
+		return runHook(ctx, opts, addr, os.Stdin, ew)
+	}
 	// Local input first: a missing file needs no agent to be reported.
 	var certPEM string
 	if opts.command == "peer add" {
@@ -367,7 +370,10 @@ func report(stderr io.Writer, err error, timeout time.Duration) int {
 		return exitOK
 	}
 	var unreachable *unreachableError
+	var silent *silentError
 	switch {
+	case errors.As(err, &silent):
+		return exitFailed // already explained
 	case isUsage(err):
 		fmt.Fprintf(stderr, "autopodctl: %v\nRun 'autopodctl --help' for usage.\n", err)
 		return exitUsage
