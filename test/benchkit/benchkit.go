@@ -43,8 +43,9 @@ import (
 type Sample map[string]float64
 
 // Metric is a row. Unit "s" prints seconds, "MB" bytes in 10^6, "%" a
-// percentage, "" a count. Ratio says whether ratio columns mean anything
-// for it.
+// percentage, "×" a ratio (two decimals; the label says "×"), anything
+// else a whole number ("" a count, "ms", "MB/s"). Ratio says whether ratio
+// columns mean anything for it.
 type Metric struct {
 	Key, Label, Unit string
 	Ratio            bool
@@ -105,6 +106,8 @@ func Format(v float64, unit string) string {
 		return strconv.FormatFloat(v/1e6, 'f', 0, 64)
 	case "%":
 		return strconv.FormatFloat(v, 'f', 0, 64) + " %"
+	case "×":
+		return strconv.FormatFloat(v, 'f', 2, 64)
 	default:
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
@@ -358,15 +361,24 @@ func (t Target) Dialer() Dialer {
 // loading:0, trying every 10 ms with short dial timeouts so that the wait
 // adds no SYN back-off of its own to what it measures.
 func (t Target) WaitReady(timeout time.Duration) error {
+	return WaitReady(t.Dialer(), t.addr, timeout)
+}
+
+// WaitReady is Target.WaitReady for a server reached through dial (from
+// another network namespace, say); name is what errors call it.
+func WaitReady(dial Dialer, name string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
-		c, err := t.Dial(50 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		nc, err := dial(ctx)
+		cancel()
 		if err != nil {
 			last = err
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		c := resp.New(nc)
 		for time.Now().Before(deadline) {
 			r, err := c.Do(time.Second, []byte("PING"))
 			if err == nil && r == "PONG" {
@@ -384,7 +396,7 @@ func (t Target) WaitReady(timeout time.Duration) error {
 		}
 		c.Close()
 	}
-	return fmt.Errorf("redis at %s not ready after %s: %v", t, timeout, last)
+	return fmt.Errorf("redis at %s not ready after %s: %v", name, timeout, last)
 }
 
 // isRedisError tells a reply of the server (-LOADING …) from a broken connection.

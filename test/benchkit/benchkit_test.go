@@ -83,3 +83,15 @@ func TestEnvironment(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+func TestFormat(t *testing.T) {
+	for _, c := range []struct {
+		v    float64
+		unit string
+		want string
+	}{{0.456, "s", "0.46"}, {12.34, "s", "12.3"}, {110e6, "MB", "110"}, {7.4, "%", "7 %"}, {0.5, "×", "0.50"}, {153.6, "ms", "154"}, {1648.2, "MB/s", "1648"}} {
+		if got := Format(c.v, c.unit); got != c.want {
+			t.Errorf("Format(%v, %q) = %q, want %q", c.v, c.unit, got, c.want)
+		}
+	}
+}

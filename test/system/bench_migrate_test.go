@@ -4,54 +4,517 @@ package system
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/autopod/autopod/test/benchkit"
 	"github.com/autopod/autopod/test/testbed"
 )
 
 // TestBenchMigrate measures live migration between two test-bed hosts for
-// redis pods of random (incompressible) data, round trips A→B→A, next to
-// a plain TCP copy of the same bytes over the same link in the same run.
-// Run by scripts/bench.sh (make bench), never by make test.
+// redis pods of random (incompressible) values, with each strategy the
+// agents can run here, next to the references the issue names, all on the
+// same test-bed in the same run, trial after trial: the raw CRIU pipeline
+// (criu dump, a plain copy of the images, criu restore on the other host)
+// on the same workload, a cold restart of redis from its RDB file, and a
+// plain TCP copy of the same bytes over the same link. Run by
+// scripts/bench.sh (make bench), never by make test.
+//
+// Knobs: BENCH_SIZES ("100M 1G"); trials per column
+// BENCH_TRIALS_MIGRATE_<size>, else BENCH_TRIALS, else 6 at 100M and 2 at
+// 1G. A trial of a migration column is one migration: they alternate
+// A→B and B→A, so 6 trials are 3 round trips.
 func TestBenchMigrate(t *testing.T) {
-	sizes := strings.Fields(envOr("BENCH_SIZES", "100M 1G"))
-	var sections []string
+	criuPath := testbed.CriuPath(t)
+	sizes, err := benchkit.Sizes("100M 1G")
+	if err != nil {
+		t.Fatal(err)
+	}
+	report := &benchkit.Report{Key: "migration", Title: "Live migration between two hosts"}
+	report.Add(benchkit.Environment(
+		fmt.Sprintf("CRIU %s (%s)", migCriuVersion(criuPath), criuPath),
+		"redis "+benchkit.RedisVersion(),
+		"the hosts are network and mount namespaces of this one machine joined by a bridge (test/testbed): the link between them is a veth pair, and they share its CPUs") + "\n")
+	report.Add(migLegend)
 	for _, size := range sizes {
-		mib := map[string]int{"100M": 100, "1G": 1024}[size]
-		if mib == 0 {
-			t.Fatalf("unknown size %q (100M or 1G)", size)
+		def := 2
+		if size.MiB <= 100 {
+			def = 6
 		}
-		trials, _ := strconv.Atoi(envOr("BENCH_TRIALS_MIGRATE_"+size, envOr("BENCH_TRIALS", map[string]string{"100M": "3", "1G": "2"}[size])))
-		sections = append(sections, benchMigrateSize(t, size, mib, trials))
-	}
-	var kernel string
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		kernel = strings.TrimSpace(string(b))
-	}
-	md := "<!-- title: Live migration between two hosts -->\n" +
-		fmt.Sprintf("Run %s on Linux %s; hosts are network and mount namespaces of one machine joined by a bridge (test/testbed), so the \"link\" is a veth pair and both hosts share the same 2 CPUs.\n\n",
-			time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernel) +
-		"- **migrate**: `autopodctl migrate kv --to hostb` then `autopodctl return` (both directions are trials); stop-and-copy, the only strategy here (no soft-dirty tracking for pre-copy; post-copy not implemented yet).\n" +
-		"- **client-seen pause**: a client on a third host holds one TCP connection and PINGs every 10 ms, each waiting for its reply; the longest gap between two answers, TCP retransmission backoff included (packets reaching the frozen pod are dropped today).\n" +
-		"- **frozen**: from isolating the pod on the source until the destination exposes it; **total**: the whole migration, including copying while the pod runs.\n" +
-		"- **plain TCP copy**: the same number of bytes sent over one TCP connection from host A to host B, no TLS, no files.\n" +
-		"- Podman checkpoint/restore is not in this table: Podman is not installed by `make deps`, and on these machines it runs only with runc, raised ulimits and CRIU 4 on conmon's PATH (../shared/notes/criu-on-these-machines.md: 1.68 s at 100 MB, 19 s at 1 GB for export + import on one host). The raw CRIU pipeline and a cold restart are measured on one host in the section above.\n\n" +
-		strings.Join(sections, "\n")
-	fmt.Println(md)
-	if out := os.Getenv("AUTOPOD_BENCH_OUT"); out != "" {
-		if err := os.WriteFile(filepath.Join(out, "migration.md"), []byte(md), 0o644); err != nil {
+		trials, err := benchkit.Count(def, "BENCH_TRIALS_MIGRATE_"+size.Name, "BENCH_TRIALS")
+		if err != nil {
 			t.Fatal(err)
 		}
+		if trials < 1 {
+			t.Fatalf("%s: at least one trial", size)
+		}
+		t.Run(size.Name, func(t *testing.T) {
+			start := time.Now()
+			report.Add(benchMigrateSize(t, criuPath, size, trials))
+			t.Logf("%s: %s in all", size, time.Since(start).Round(time.Second))
+		})
 	}
+	if t.Failed() {
+		t.Log("not writing a report: a benchmark failed")
+		return
+	}
+	if err := report.Write(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const migLegend = `- **post-copy**, **stop-and-copy**: ` + "`autopodctl migrate kv --to hostb`" + `, then ` + "`autopodctl return`" + ` (each direction is one trial) of an autopod pod, with ` + "`migration_strategy`" + ` set on both agents (they are restarted to switch). Stop-and-copy freezes the pod and dumps it, the dump streaming its pages to CRIU's page server on the peer through the peers' TLS link, then sends the other images (all SHA-256 checked), restores and commits. Post-copy freezes the pod, sends everything but its memory, resumes it on the peer, then moves the memory (CRIU lazy pages, relayed over the same TLS link) while the pod runs. Packets that reach the frozen pod are held and replayed on the destination.
+- **raw CRIU pipeline**: the same redis, not an autopod pod but a bare process tree in its own network namespace on host A's LAN, moved between the two hosts with the criu command line alone: ` + "`criu dump --tcp-established --network-lock nftables --manage-cgroups=ignore`" + ` into tmpfs, the image directory sent as a tar stream over one plain TCP connection (no TLS, no checksums) into tmpfs on the other host, ` + "`criu restore -d --tcp-established --network-lock nftables --external veth[eth0]:…@autopod0`" + ` there (the namespace, its address and MAC move, its veth joins that host's bridge), then one gratuitous ARP (` + "`arping -U`" + `) so that the LAN learns where it went. Packets that reach it while it is frozen are **dropped** (CRIU's network lock): the client waits for its TCP retransmission.
+- **cold restart**: the same redis in a network namespace on host A that stays: ` + "`SAVE`" + `, SIGTERM, start redis again, which loads the RDB file (on disk). The client reconnects (every 10 ms). Nothing crosses the link.
+- **plain TCP copy**: as many bytes as a post-copy migration put on the link, sent from host A to host B over one TCP connection, no TLS, no files: what the link can carry.
+- **client-seen pause**: a client on a third host holds one TCP connection and sends PING every 10 ms, each waiting for its reply; the longest gap between two answers during the trial, TCP retransmission back-off included (a new connection for each trial). The worst-trial row is the longest over all trials. In a cold restart the blocking SAVE and the restart are two gaps, usually split by one answer: the longer counts (the whole outage is in "frozen"). During the migrations and the raw pipeline a second connection sends INCR as fast as replies come, and every acknowledged write is checked at the end, as are the values.
+- **frozen**: autopod: from isolating the pod on the source until the destination exposes it (the agent's own measurement); raw: from the start of ` + "`criu dump`" + ` to the ARP announcement after the restore; cold: from the SAVE until redis answers with its data loaded. **total**: the whole migration, including what is copied while the pod runs (post-copy: until the last page has moved); raw and cold: the same as frozen.
+- **bytes sent**: IP bytes that went between the two hosts, both directions, during the trial (nftables counters in the hosts' namespaces; TLS, TCP and IP headers included). **throughput**: bytes sent / total; **throughput / plain copy's**: against the median plain copy of the same run. The phase rows split the references' time.
+- Podman's ` + "`container checkpoint --export`" + ` and ` + "`container restore --import`" + ` of the same workload are not in this table: a separate benchmark measures them, in their own section of this file.
+- Trials of all columns alternate, two of each column in turn, so that every column meets the same neighbours; cells are the median and, in brackets, the min–max over the trials; ratios are of medians.
+`
+
+// Column keys.
+const (
+	colPostCopy = "post-copy"
+	colStopCopy = "stop-and-copy"
+	colRaw      = "raw"
+	colCold     = "cold"
+	colCopy     = "copy"
+)
+
+// migBench is one size's run: an autopod pod moving between hosts A and
+// B, the raw pipeline's redis, the cold restart's redis and the link.
+type migBench struct {
+	t        *testing.T
+	bed      *testbed.Bed
+	a, b     *testbed.Host
+	mib      int
+	link     *linkCounter
+	kvAddr   string
+	kvOnA    bool
+	kvLoad   *benchWriter
+	strategy string // the agents' migration_strategy now
+	raw      *rawPod
+	rawLoad  *benchWriter
+	cold     *coldRedis
+	samples  map[string][]benchkit.Sample
+	no       map[string]string // strategies that cannot run here: why
+}
+
+func benchMigrateSize(t *testing.T, criuPath string, size benchkit.Size, trials int) string {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	m := &migBench{t: t, bed: bed, a: a, b: b, mib: size.MiB, kvOnA: true,
+		samples: map[string][]benchkit.Sample{}, no: map[string]string{}}
+
+	// The autopod pod, with room for the data and redis's own overhead.
+	m.kvAddr = kvPod(t, bed, a, "kv", 100)
+	p := filepath.Join(a.PodsDir, "kv.toml")
+	spec, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(strings.Replace(string(spec), `memory = "1G"`, `memory = "3G"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.strategy = colPostCopy
+	for _, h := range bed.Hosts {
+		h.Configure(t, fmt.Sprintf("migration_strategy = %q", m.strategy))
+	}
+	a.StartAgent(t)
+	b.StartAgent(t)
+	bed.Pair(t)
+	waitPod(t, a, "kv", "running")
+	m.link = newLinkCounter(t, a, b)
+
+	// The same data in the three redis servers, checked at the end.
+	fill := func(what, addr string) map[string][32]byte {
+		c := dialRedis(t, bed, addr)
+		defer c.Close()
+		start := time.Now()
+		if err := c.FillRandom(size.MiB, 1<<20); err != nil {
+			t.Fatalf("fill %s: %v", what, err)
+		}
+		sums := valueSums(t, c, size.MiB)
+		t.Logf("%s: %s filled with %d random values of 1 MiB in %s", size, what, size.MiB, time.Since(start).Round(time.Millisecond))
+		return sums
+	}
+	kvSums := fill("autopod pod", m.kvAddr)
+	m.raw = startRawPod(t, bed, criuPath, a, 110)
+	rawSums := fill("raw pipeline's redis", m.raw.addr())
+	m.cold = startColdRedis(t, bed, a, 120)
+	coldSums := fill("cold restart's redis", m.cold.addr())
+	m.kvLoad = startBenchWriter(t, bed, m.kvAddr)
+	m.rawLoad = startBenchWriter(t, bed, m.raw.addr())
+
+	// Rounds: two trials of each column in turn (a round trip for the
+	// migrations), starting one column further each round, and a plain
+	// copy after each round.
+	cols := []string{colPostCopy, colStopCopy, colRaw, colCold}
+	done := map[string]int{}
+	for round := 0; ; round++ {
+		progress := false
+		for i := range cols {
+			col := cols[(i+round)%len(cols)]
+			for k := 0; k < 2 && done[col] < trials && m.no[col] == ""; k++ {
+				s, err := m.trial(col)
+				var un errUnavailable
+				if errors.As(err, &un) {
+					m.no[col] = string(un)
+					t.Logf("%s cannot run here, not measured: %s", col, un)
+					break
+				}
+				if err != nil {
+					t.Fatalf("%s, trial %d of %s: %v", size, done[col]+1, col, err)
+				}
+				m.samples[col] = append(m.samples[col], s)
+				done[col]++
+				progress = true
+			}
+		}
+		if !progress {
+			break
+		}
+		m.plainCopy()
+	}
+	for len(m.samples[colCopy]) < 3 {
+		m.plainCopy()
+	}
+
+	kvAcked := m.kvLoad.finish(t)
+	rawAcked := m.rawLoad.finish(t)
+	for _, c := range []struct {
+		what, addr string
+		sums       map[string][32]byte
+	}{{"autopod pod", m.kvAddr, kvSums}, {"raw pipeline's redis", m.raw.addr(), rawSums}, {"cold restart's redis", m.cold.addr(), coldSums}} {
+		conn := dialRedis(t, bed, c.addr)
+		after := valueSums(t, conn, size.MiB)
+		conn.Close()
+		for k, v := range c.sums {
+			if after[k] != v {
+				t.Fatalf("%s: %s changed during the benchmark", c.what, k)
+			}
+		}
+	}
+	return m.markdown(size, trials, kvAcked, rawAcked)
+}
+
+// errUnavailable says that a strategy cannot run on these hosts.
+type errUnavailable string
+
+func (e errUnavailable) Error() string { return string(e) }
+
+// trial runs one trial of column col, measured by a client of its own.
+func (m *migBench) trial(col string) (benchkit.Sample, error) {
+	switch col {
+	case colPostCopy, colStopCopy:
+		if err := m.use(col); err != nil {
+			return nil, err
+		}
+		return m.measure(m.kvAddr, m.kvLoad, func() (benchkit.Sample, error) { return m.autopodLeg(col) })
+	case colRaw:
+		to := m.b
+		if m.raw.on == m.b {
+			to = m.a
+		}
+		return m.measure(m.raw.addr(), m.rawLoad, func() (benchkit.Sample, error) { return m.raw.move(to) })
+	case colCold:
+		return m.measure(m.cold.addr(), nil, m.cold.restart)
+	}
+	return nil, fmt.Errorf("no column %q", col)
+}
+
+// measure runs one trial step after a quiet moment, with a client that
+// PINGs every 10 ms on a new connection, and adds to the step's sample the
+// client-seen pause, the reconnections and the host's pressure. A step
+// with a writer moves the server between the hosts, with the writer
+// busy: the bytes that crossed the link and their rate are added too.
+func (m *migBench) measure(addr string, load *benchWriter, step func() (benchkit.Sample, error)) (benchkit.Sample, error) {
+	benchkit.Settle()
+	if load != nil {
+		load.run(true)
+		defer load.run(false)
+	}
+	s, err := benchkit.Measure(func() (benchkit.Sample, error) {
+		p, err := benchkit.StartPinger(m.dialer(addr))
+		if err != nil {
+			return nil, err
+		}
+		defer p.Stop() // a failed trial leaves no client behind
+		before := m.link.bytes(m.t)
+		s, err := step()
+		if err != nil {
+			return nil, err
+		}
+		gap, redials, err := p.Finish(2 * time.Minute)
+		if err != nil {
+			return nil, err
+		}
+		s["pause"] = migMs(gap)
+		s["redials"] = float64(redials)
+		if load != nil {
+			s["bytes"] = float64(m.link.bytes(m.t) - before)
+			if s["total"] > 0 {
+				s["thr"] = s["bytes"] / 1e6 / s["total"]
+			}
+		}
+		return s, nil
+	})
+	if err == nil && load != nil {
+		err = load.failed()
+	}
+	return s, err
+}
+
+func migMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// use restarts both agents with migration strategy s, unless they have it.
+func (m *migBench) use(s string) error {
+	if m.strategy == s {
+		return nil
+	}
+	for _, h := range []*testbed.Host{m.a, m.b} {
+		h.StopAgent()
+		data, err := os.ReadFile(h.Config)
+		if err != nil {
+			return err
+		}
+		var keep []string
+		for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "migration_strategy") {
+				keep = append(keep, l)
+			}
+		}
+		keep = append(keep, fmt.Sprintf("migration_strategy = %q", s))
+		if err := os.WriteFile(h.Config, []byte(strings.Join(keep, "\n")+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	m.a.StartAgent(m.t)
+	m.b.StartAgent(m.t)
+	where := m.a
+	if !m.kvOnA {
+		where = m.b
+	}
+	waitPod(m.t, where, "kv", "running")
+	m.strategy = s
+	return nil
+}
+
+// autopodLeg migrates the pod to the other host: `migrate` from A, or
+// `return` when it is on B. The numbers are the source agent's.
+func (m *migBench) autopodLeg(strategy string) (benchkit.Sample, error) {
+	src, dst, args := m.a, m.b, []string{"--json", "migrate", "kv", "--to", "hostb"}
+	if !m.kvOnA {
+		src, dst, args = m.b, m.a, []string{"--json", "return"}
+	}
+	seen := strings.Count(src.AgentLog(), `msg="pod migrated"`)
+	out, err := m.a.Ctl(args...)
+	if err != nil {
+		if strings.Contains(out, "cannot run on") {
+			return nil, errUnavailable(strings.TrimSpace(out))
+		}
+		return nil, fmt.Errorf("autopodctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	m.kvOnA = !m.kvOnA
+	waitPod(m.t, dst, "kv", "running")
+	r, err := waitMigrated(src, seen)
+	if err != nil {
+		return nil, err
+	}
+	if r.strategy != strategy {
+		return nil, fmt.Errorf("%s migrated with %q, want %s", src.Name, r.strategy, strategy)
+	}
+	var reply struct {
+		Bytes int64 `json:"bytes"`
+	}
+	if i := strings.Index(out, "{"); i >= 0 {
+		json.Unmarshal([]byte(out[i:]), &reply)
+	}
+	m.t.Logf("%s %s→%s: frozen %s, total %s; its log line says %d B of files, %d B of images, %d B of pages (0: not logged); the command's reply %d B (0: none)",
+		strategy, src.Name, dst.Name, r.frozen, r.total, r.fileBytes, r.imageBytes, r.pageBytes, reply.Bytes)
+	return benchkit.Sample{"frozen": migMs(r.frozen), "total": r.total.Seconds()}, nil
+}
+
+// migrationRecord is the source agent's log line of one migration.
+type migrationRecord struct {
+	strategy                         string
+	frozen, total                    time.Duration
+	fileBytes, imageBytes, pageBytes int64
+}
+
+// waitMigrated returns the first "pod migrated" line of h's agent after
+// the seen ones; it may come just after the command returned.
+func waitMigrated(h *testbed.Host, seen int) (migrationRecord, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var lines []string
+		for _, l := range strings.Split(h.AgentLog(), "\n") {
+			if strings.Contains(l, `msg="pod migrated"`) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) > seen {
+			return parseMigrated(lines[seen])
+		}
+		if time.Now().After(deadline) {
+			return migrationRecord{}, fmt.Errorf("%s's agent logged no \"pod migrated\"", h.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func parseMigrated(line string) (migrationRecord, error) {
+	var r migrationRecord
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		var err error
+		switch k {
+		case "strategy":
+			r.strategy = strings.Trim(v, `"`)
+		case "frozen":
+			r.frozen, err = time.ParseDuration(v)
+		case "total":
+			r.total, err = time.ParseDuration(v)
+		case "file_bytes":
+			r.fileBytes, err = strconv.ParseInt(v, 10, 64)
+		case "image_bytes":
+			r.imageBytes, err = strconv.ParseInt(v, 10, 64)
+		case "page_bytes":
+			r.pageBytes, err = strconv.ParseInt(v, 10, 64)
+		}
+		if err != nil {
+			return r, fmt.Errorf("agent log %q: %s: %w", line, k, err)
+		}
+	}
+	if r.total <= 0 {
+		return r, fmt.Errorf("agent log without a total: %q", line)
+	}
+	return r, nil
+}
+
+// plainCopy adds a trial of the reference: as many bytes as the median
+// post-copy migration (else any migration) put on the link, sent from A to
+// B over plain TCP.
+func (m *migBench) plainCopy() {
+	var n float64
+	for _, col := range []string{colPostCopy, colStopCopy, colRaw} {
+		if n = benchkit.Median(m.values(col, "bytes")); n > 0 {
+			break
+		}
+	}
+	if !(n > 0) {
+		n = float64(int64(m.mib) << 20)
+	}
+	benchkit.Settle()
+	s, err := benchkit.Measure(func() (benchkit.Sample, error) {
+		before := m.link.bytes(m.t)
+		secs, err := plainCopy(m.a, m.b, int64(n))
+		if err != nil {
+			return nil, err
+		}
+		sent := float64(m.link.bytes(m.t) - before)
+		return benchkit.Sample{"total": secs, "bytes": sent, "thr": sent / 1e6 / secs}, nil
+	})
+	if err != nil {
+		m.t.Fatalf("plain copy: %v", err)
+	}
+	m.samples[colCopy] = append(m.samples[colCopy], s)
+}
+
+func (m *migBench) values(col, key string) []float64 {
+	var vs []float64
+	for _, s := range m.samples[col] {
+		if v, ok := s[key]; ok {
+			vs = append(vs, v)
+		}
+	}
+	slices.Sort(vs)
+	return vs
+}
+
+func (m *migBench) markdown(size benchkit.Size, trials int, kvAcked, rawAcked int64) string {
+	labels := map[string]string{colPostCopy: "post-copy", colStopCopy: "stop-and-copy", colRaw: "raw CRIU pipeline", colCold: "cold restart", colCopy: "plain TCP copy"}
+	table := &benchkit.Table{
+		Metrics: append([]benchkit.Metric{
+			{Key: "pause", Label: "client-seen pause, ms", Unit: "ms", Ratio: true},
+			{Key: "pause_worst", Label: "client-seen pause, worst trial, ms", Unit: "ms", Ratio: true},
+			{Key: "frozen", Label: "frozen (service unavailable), ms", Unit: "ms", Ratio: true},
+			{Key: "total", Label: "total, s", Unit: "s", Ratio: true},
+			{Key: "bytes", Label: "bytes sent between the hosts, MB", Unit: "MB", Ratio: true},
+			{Key: "thr", Label: "throughput (bytes sent / total), MB/s", Unit: "MB/s", Ratio: true},
+			{Key: "thr_rel", Label: "throughput / plain copy's, ×", Unit: "×"},
+			{Key: "p_dump", Label: "phase: criu dump (cold: SAVE), s", Unit: "s", Ratio: true},
+			{Key: "p_copy", Label: "phase: copy of the images, s", Unit: "s"},
+			{Key: "p_restore", Label: "phase: criu restore and ARP (cold: stop, start, load), s", Unit: "s", Ratio: true},
+			{Key: "redials", Label: "client reconnections"},
+		}, benchkit.PressureMetrics()...),
+	}
+	plainThr := benchkit.Median(m.values(colCopy, "thr"))
+	var notes []string
+	for _, col := range []string{colPostCopy, colStopCopy, colRaw, colCold, colCopy} {
+		if why := m.no[col]; why != "" {
+			notes = append(notes, fmt.Sprintf("%s is not measured: it cannot run on these hosts (%s).", labels[col], why))
+			continue
+		}
+		table.Columns = append(table.Columns, benchkit.Column{Key: col, Label: labels[col]})
+		for _, s := range m.samples[col] {
+			if v, ok := s["thr"]; ok && plainThr > 0 {
+				s["thr_rel"] = v / plainThr
+			}
+			table.Add(col, s)
+		}
+		if vs := m.values(col, "pause"); len(vs) > 0 {
+			table.Add(col, benchkit.Sample{"pause_worst": vs[len(vs)-1]})
+		}
+	}
+	for _, r := range [][2]string{{colPostCopy, colRaw}, {colPostCopy, colCold}, {colStopCopy, colRaw}} {
+		if m.no[r[0]] == "" && m.no[r[1]] == "" {
+			table.Ratios = append(table.Ratios, r)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "### %s of random values\n\n%d trials of each column (for the migrations: %s of A→B and B→A); %d plain copies. %d writes acknowledged on one connection through all the migrations, and %d through the raw pipeline's, all present at the end; the values are unchanged in all three servers.",
+		size, trials, migLegs(trials), len(m.samples[colCopy]), kvAcked, rawAcked)
+	for _, n := range notes {
+		b.WriteString(" " + n)
+	}
+	b.WriteString("\n\n" + table.Markdown())
+	return b.String()
+}
+
+func migLegs(n int) string {
+	s := fmt.Sprintf("%d round trip", n/2)
+	if n/2 != 1 {
+		s += "s"
+	}
+	if n%2 == 1 {
+		s += " and one more A→B"
+	}
+	return s
+}
+
+// migCriuVersion is what `criu --version` says, or "?".
+func migCriuVersion(path string) string {
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Version:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
 
 func envOr(k, def string) string {
@@ -59,184 +522,4 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
-}
-
-// migrateJSON holds one migration's numbers: from `autopodctl --json
-// migrate` (microseconds) or from the source agent's log.
-type migrateJSON struct {
-	FrozenUsec int64 `json:"frozen_usec"`
-	TotalUsec  int64 `json:"total_usec"`
-	Bytes      int64 `json:"bytes"`
-	FrozenNs   int64 `json:"-"`
-	TotalNs    int64 `json:"-"`
-	FileBytes  int64 `json:"-"`
-	ImageByte  int64 `json:"-"`
-}
-
-func benchMigrateSize(t *testing.T, size string, mib, trials int) string {
-	bed := testbed.New(t, 2)
-	a, b := bed.Hosts[0], bed.Hosts[1]
-	addr := kvPod(t, bed, a, "kv", 100)
-	// Room for the data and redis's own overhead.
-	p := filepath.Join(a.PodsDir, "kv.toml")
-	spec, _ := os.ReadFile(p)
-	os.WriteFile(p, []byte(strings.Replace(string(spec), `memory = "1G"`, `memory = "3G"`, 1)), 0o644)
-	a.StartAgent(t)
-	b.StartAgent(t)
-	bed.Pair(t)
-	waitPod(t, a, "kv", "running")
-	fill := dialRedis(t, bed, addr)
-	if err := fill.FillRandom(mib, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	fill.Close()
-	l := startLoad(t, bed, addr)
-
-	var pause, frozen, total, thr []float64
-	var bytes int64
-	migrate := func(h *testbed.Host, args ...string) {
-		time.Sleep(500 * time.Millisecond)
-		l.pause()
-		out := h.MustCtl(t, append([]string{"--json"}, args...)...)
-		pause = append(pause, l.pause().Seconds())
-		var r migrateJSON
-		if i := strings.Index(out, "{"); i >= 0 {
-			json.Unmarshal([]byte(out[i:]), &r)
-			r.FrozenNs, r.TotalNs = r.FrozenUsec*1000, r.TotalUsec*1000
-		}
-		if r.TotalNs == 0 {
-			// return reports no timings; derive them from the agent's log line
-			r = lastMigrationFromLog(t, b)
-		}
-		frozen = append(frozen, float64(r.FrozenNs)/1e9)
-		total = append(total, float64(r.TotalNs)/1e9)
-		n := r.FileBytes + r.ImageByte
-		if n == 0 {
-			n = r.Bytes
-		}
-		bytes = n
-		if r.TotalNs > 0 {
-			thr = append(thr, float64(n)/1e6/(float64(r.TotalNs)/1e9))
-		}
-	}
-	for i := 0; i < trials; i++ {
-		migrate(a, "migrate", "kv", "--to", "hostb")
-		waitPod(t, b, "kv", "running")
-		migrate(a, "return")
-		waitPod(t, a, "kv", "running")
-	}
-	acked := l.finish(t)
-	if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
-		t.Fatalf("counter %s, %d acknowledged", v, acked)
-	}
-
-	// The reference: the same bytes over the same link, plain TCP.
-	var copyS []float64
-	for i := 0; i < 3; i++ {
-		copyS = append(copyS, plainCopy(t, b, bytes))
-	}
-	med := func(v []float64) float64 {
-		s := append([]float64(nil), v...)
-		sort.Float64s(s)
-		if len(s) == 0 {
-			return 0
-		}
-		return s[len(s)/2]
-	}
-	cell := func(v []float64, unit string) string {
-		if len(v) == 0 {
-			return "–"
-		}
-		s := append([]float64(nil), v...)
-		sort.Float64s(s)
-		return fmt.Sprintf("%.2f%s (%.2f–%.2f)", med(v), unit, s[0], s[len(s)-1])
-	}
-	plainMBs := float64(bytes) / 1e6 / med(copyS)
-	var b2 strings.Builder
-	fmt.Fprintf(&b2, "### %s of random values\n\n%d round trips (%d migrations); median (min–max). %d writes acknowledged on one connection through all of them, all present at the end.\n\n",
-		map[string]string{"100M": "100 MiB", "1G": "1 GiB"}[size], trials, 2*trials, acked)
-	fmt.Fprintf(&b2, "| metric | autopod migrate | plain TCP copy | autopod / plain copy |\n|---|---:|---:|---:|\n")
-	fmt.Fprintf(&b2, "| client-seen pause, s | %s | – | – |\n", cell(pause, ""))
-	fmt.Fprintf(&b2, "| frozen, s | %s | – | – |\n", cell(frozen, ""))
-	fmt.Fprintf(&b2, "| total, s | %s | %s | %.2f× |\n", cell(total, ""), cell(copyS, ""), med(total)/med(copyS))
-	fmt.Fprintf(&b2, "| bytes sent, MB | %.1f | %.1f | 1.00× |\n", float64(bytes)/1e6, float64(bytes)/1e6)
-	fmt.Fprintf(&b2, "| throughput, MB/s | %s | %.0f | %.2f× |\n", cell(thr, ""), plainMBs, med(thr)/plainMBs)
-	return b2.String()
-}
-
-// lastMigrationFromLog reads the newest "pod migrated" line of host h's
-// agent (the source of a return) for its frozen/total/bytes.
-func lastMigrationFromLog(t *testing.T, h *testbed.Host) migrateJSON {
-	var r migrateJSON
-	lines := strings.Split(h.AgentLog(), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if !strings.Contains(lines[i], `msg="pod migrated"`) {
-			continue
-		}
-		for _, f := range strings.Fields(lines[i]) {
-			k, v, _ := strings.Cut(f, "=")
-			switch k {
-			case "frozen", "total":
-				d, _ := time.ParseDuration(v)
-				if k == "frozen" {
-					r.FrozenNs = int64(d)
-				} else {
-					r.TotalNs = int64(d)
-				}
-			case "file_bytes":
-				r.FileBytes, _ = strconv.ParseInt(v, 10, 64)
-			case "image_bytes":
-				r.ImageByte, _ = strconv.ParseInt(v, 10, 64)
-			}
-		}
-		break
-	}
-	return r
-}
-
-// plainCopy sends n bytes from host A's namespace to host B's over one TCP
-// connection and returns the seconds it took.
-func plainCopy(t *testing.T, b *testbed.Host, n int64) float64 {
-	var l net.Listener
-	if err := testbed.InNetns(b.Netns, func() (err error) {
-		l, err = net.Listen("tcp", b.Addr+":0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	done := make(chan error, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			done <- err
-			return
-		}
-		_, err = io.Copy(io.Discard, c)
-		c.Close()
-		done <- err
-	}()
-	var took time.Duration
-	err := testbed.InNetns("aptb-a", func() error {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			return err
-		}
-		buf := make([]byte, 1<<20)
-		start := time.Now()
-		for sent := int64(0); sent < n; sent += int64(len(buf)) {
-			if _, err := c.Write(buf); err != nil {
-				return err
-			}
-		}
-		c.(*net.TCPConn).CloseWrite()
-		err = <-done
-		took = time.Since(start)
-		c.Close()
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return took.Seconds()
 }
