@@ -40,6 +40,8 @@ test-units:
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseSpec -fuzztime 30s ./pods/
+	for f in FuzzParseAptHook FuzzParseDnfLines FuzzParseDpkgStatus; do \
+		$(GO) test -run XXX -fuzz "^$$f\$$" -fuzztime 20s ./hooks/ || exit 1; done
 
 bench: deps build
 	scripts/bench.sh
@@ -58,11 +60,18 @@ TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 DATADIR     ?= $(PREFIX)/share
 SYSCONFDIR  ?= /etc
 COMPLETIONS := packaging/usr/share/bash-completion/completions
+# The package managers' hooks: apt's for the .deb, dnf's plugin for the .rpm
+# (debian/rules and rpm/autopod.spec turn the other off).
+APTCONFDIR   ?= $(SYSCONFDIR)/apt/apt.conf.d
+DNFPLUGINDIR ?= $(PREFIX)/lib/python3/dist-packages/dnf-plugins
+DNFCONFDIR   ?= $(SYSCONFDIR)/dnf/plugins
+APT_HOOKS    ?= yes
+DNF_PLUGIN   ?= yes
 
 install: build
 	install -D -m 0755 $(BIN)/autopod $(DESTDIR)$(PREFIX)/bin/autopod
 	install -D -m 0755 $(BIN)/autopodctl $(DESTDIR)$(PREFIX)/bin/autopodctl
-	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) units/autopod.service units/autopod.socket
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) units/autopod.service units/autopod.socket units/autopod-updates.path
 	install -D -m 0644 -t $(DESTDIR)$(PRESETDIR) packaging/usr/lib/systemd/system-preset/80-autopod.preset
 	install -D -m 0644 -t $(DESTDIR)$(TMPFILESDIR) packaging/usr/lib/tmpfiles.d/autopod.conf
 	install -D -m 0644 -t $(DESTDIR)$(DATADIR)/dbus-1/system.d units/org.autopod.Agent1.conf
@@ -74,6 +83,14 @@ install: build
 	install -D -m 0644 -t $(DESTDIR)$(DATADIR)/bash-completion/completions $(COMPLETIONS)/autopod $(COMPLETIONS)/autopodctl
 	install -D -m 0644 packaging/etc/autopod/autopod.toml $(DESTDIR)$(SYSCONFDIR)/autopod/autopod.toml
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/autopod/pods
+ifeq ($(APT_HOOKS),yes)
+	install -D -m 0644 -t $(DESTDIR)$(APTCONFDIR) packaging/etc/apt/apt.conf.d/99autopod \
+		packaging/etc/apt/apt.conf.d/99autopod-unattended-upgrades
+endif
+ifeq ($(DNF_PLUGIN),yes)
+	install -D -m 0644 -t $(DESTDIR)$(DNFPLUGINDIR) packaging/usr/lib/python3/dist-packages/dnf-plugins/autopod.py
+	install -D -m 0644 -t $(DESTDIR)$(DNFCONFDIR) packaging/etc/dnf/plugins/autopod.conf
+endif
 
 # make deb / make rpm build in a staged copy of the tree under $(PKGBUILD) and
 # leave autopod_VERSION_ARCH.deb and autopod-VERSION-RELEASE.ARCH.rpm in

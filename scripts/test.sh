@@ -4,7 +4,7 @@
 #   unit    go vet + go test ./... (no privileges needed) + a short fuzz run
 #   units   systemd-analyze verify on units/ (go test ./units/)
 #   root    real CRIU, namespaces, cgroups, redis; real apt, dpkg, dnf and rpm
-#           against local repositories (go test -tags roottest ./pods/ ./updater/)
+#           against local repositories (go test -tags roottest ./pods/ ./updater/ ./hooks/)
 #   packaging  make deb/rpm from a clean copy, lintian, rpm -qp/--root, the .deb
 #           installed, activated, upgraded, removed and purged in a Debian
 #           root booted with systemd-nspawn (go test -tags roottest ./test/packaging/)
@@ -26,7 +26,7 @@ tier_unit() {
     go test -count=1 -run XXX -fuzz FuzzParseSpec -fuzztime 10s ./pods/
 }
 tier_units() { go test -count=1 -v ./units/; }
-tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/ ./updater/; }
+tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/ ./updater/ ./hooks/; }
 tier_packaging() { need_root packaging && go test -count=1 -tags roottest -timeout 20m -v ./test/packaging/; }
 tier_system() { need_root system && go test -count=1 -tags roottest -timeout 20m -v ./test/system/; }
 

@@ -27,7 +27,12 @@ func TestPathUnitWatchesDefaultPaths(t *testing.T) {
 			unit = v
 		}
 	}
-	want := append(DefaultWatchPaths(Apt), DefaultWatchPaths(Dnf)...)
+	// The package databases are left out: every install rewrites them, and
+	// the unit would start the agent for each package operation (the apt
+	// hook and the dnf plugin tell the agent about installs).
+	want := slices.DeleteFunc(append(DefaultWatchPaths(Apt), DefaultWatchPaths(Dnf)...), func(p string) bool {
+		return p == "/var/lib/dpkg/status" || p == "/var/lib/rpm"
+	})
 	slices.Sort(want)
 	want = slices.Compact(want)
 	slices.Sort(watched)

@@ -32,6 +32,10 @@ func (e *silentError) Unwrap() error { return e.err }
 // that needs nothing from the agent (removals, skipped runs) never does.
 type hookAgent struct {
 	addr string
+	// base outlives every call: godbus closes a connection when the
+	// context it was made with ends, and the hooks bound each call with
+	// a context of its own.
+	base context.Context
 	c    *agentClient
 }
 
@@ -39,12 +43,16 @@ func (h *hookAgent) client(ctx context.Context) (*agentClient, error) {
 	if h.c != nil {
 		return h.c, nil
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if path, ok := strings.CutPrefix(h.addr, "unix:path="); ok {
+		path, _, _ = strings.Cut(path, ",") // ",guid=..." and other keys
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s does not exist", hooks.ErrNoBus, path)
 		}
 	}
-	c, err := dialAgent(ctx, h.addr)
+	c, err := dialAgent(h.base, h.addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", hooks.ErrAgentUnreachable, err)
 	}
@@ -130,9 +138,12 @@ func runHook(ctx context.Context, opts options, addr string, stdin io.Reader, ew
 			return usagef("hook %s reads what the package manager sends on standard input; it is not for interactive use", sub)
 		}
 	}
-	agent := &hookAgent{addr: addr}
+	agent := &hookAgent{addr: addr, base: ctx}
 	defer agent.close()
-	r, err := hooks.NewRunner(hooks.Options{Agent: agent, Stderr: ew, Skip: hooks.SkipRequested(os.Getenv), Timeout: opts.timeout})
+	// AUTOPOD_HOOK_ROOT, for tests only, makes a private dpkg root count as
+	// this host's (installs into other roots are not announced).
+	r, err := hooks.NewRunner(hooks.Options{Agent: agent, Stderr: ew, Skip: hooks.SkipRequested(os.Getenv), Timeout: opts.timeout,
+		Root: os.Getenv("AUTOPOD_HOOK_ROOT")})
 	if err != nil {
 		return err
 	}

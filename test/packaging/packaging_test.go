@@ -82,6 +82,7 @@ var installedFiles = map[string]os.FileMode{
 	"/usr/bin/autopodctl":                                          0o755,
 	"/lib/systemd/system/autopod.service":                          0o644,
 	"/lib/systemd/system/autopod.socket":                           0o644,
+	"/lib/systemd/system/autopod-updates.path":                     0o644,
 	"/lib/systemd/system-preset/80-autopod.preset":                 0o644,
 	"/usr/lib/tmpfiles.d/autopod.conf":                             0o644,
 	"/usr/share/dbus-1/system.d/org.autopod.Agent1.conf":           0o644,
@@ -93,6 +94,31 @@ var installedFiles = map[string]os.FileMode{
 	"/usr/share/bash-completion/completions/autopod":               0o644,
 	"/usr/share/bash-completion/completions/autopodctl":            0o644,
 	"/etc/autopod/autopod.toml":                                    0o644,
+}
+
+// debOnlyFiles are the apt hooks, which only the .deb installs.
+var debOnlyFiles = map[string]os.FileMode{
+	"/etc/apt/apt.conf.d/99autopod":                     0o644,
+	"/etc/apt/apt.conf.d/99autopod-unattended-upgrades": 0o644,
+}
+
+// rpmOnlyFiles are dnf's plugin and its configuration, which only the .rpm
+// installs (Debian's rpmbuild puts python3's site directory where Debian's
+// python has it).
+var rpmOnlyFiles = map[string]os.FileMode{
+	"/usr/lib/python3/dist-packages/dnf-plugins/autopod.py": 0o644,
+	"/etc/dnf/plugins/autopod.conf":                         0o644,
+}
+
+// with returns the union of the maps.
+func with(ms ...map[string]os.FileMode) map[string]os.FileMode {
+	out := map[string]os.FileMode{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // debPath is where the .deb puts a file of installedFiles.
@@ -135,7 +161,7 @@ func checkDebContents(t *testing.T, ctx context.Context, b builds) {
 	run(t, ctx, "", nil, "dpkg-deb", "-x", b.deb, x)
 	want := map[string]os.FileMode{"/usr/share/doc/autopod/copyright": 0o644, "/usr/share/doc/autopod/changelog.gz": 0o644,
 		"/usr/share/lintian/overrides/autopod": 0o644}
-	for p, m := range installedFiles {
+	for p, m := range with(installedFiles, debOnlyFiles) {
 		want[debPath(p)] = m
 	}
 	have := map[string]os.FileMode{}
@@ -186,8 +212,8 @@ func checkDebContents(t *testing.T, ctx context.Context, b builds) {
 		}
 		return string(data)
 	}
-	if c := strings.TrimSpace(read("conffiles")); c != "/etc/autopod/autopod.toml" {
-		t.Errorf("conffiles: %q, want /etc/autopod/autopod.toml", c)
+	if c := strings.TrimSpace(read("conffiles")); c != "/etc/apt/apt.conf.d/99autopod\n/etc/apt/apt.conf.d/99autopod-unattended-upgrades\n/etc/autopod/autopod.toml" {
+		t.Errorf("conffiles: %q, want the apt hooks and /etc/autopod/autopod.toml", c)
 	}
 	// What the scripts do is proven in the container; these pin the choices
 	// in debian/rules that the container cannot tell apart from others.
@@ -252,7 +278,7 @@ func checkRPM(t *testing.T, ctx context.Context, b builds) {
 		}
 	}
 	want := map[string]bool{"/etc/autopod": true, "/etc/autopod/pods": true, "/var/lib/autopod": true, "/var/log/autopod": true}
-	for p := range installedFiles {
+	for p := range with(installedFiles, rpmOnlyFiles) {
 		want[rpmPath(p)] = true
 	}
 	for p := range want {
@@ -278,8 +304,8 @@ func checkRPM(t *testing.T, ctx context.Context, b builds) {
 		t.Errorf("unexpanded macro in the scriptlets")
 	}
 	for _, s := range []string{
-		"systemctl --no-reload preset autopod.socket",
-		"systemctl --no-reload disable --now autopod.socket autopod.service",
+		"systemctl --no-reload preset autopod.socket autopod-updates.path",
+		"systemctl --no-reload disable --now autopod.socket autopod-updates.path autopod.service",
 		"systemctl try-restart autopod.service",
 		"systemd-tmpfiles --create autopod.conf",
 	} {
@@ -305,7 +331,7 @@ func checkRPM(t *testing.T, ctx context.Context, b builds) {
 	// none of the dependencies; --noscripts: nor a shell to run them.
 	root := t.TempDir()
 	run(t, ctx, "", nil, "rpm", "--root", root, "--dbpath", "/var/lib/rpm", "--nodeps", "--noscripts", "-i", b.rpm)
-	for p, m := range installedFiles {
+	for p, m := range with(installedFiles, rpmOnlyFiles) {
 		p = rpmPath(p)
 		got, kind := fileMode(filepath.Join(root, p))
 		if kind == "" && strings.HasPrefix(p, "/usr/share/man/") {
@@ -422,8 +448,8 @@ func debLifecycle(t *testing.T, ctx context.Context, tm *timings, b builds, lowe
 		}
 	}
 	var packaged []string
-	for p := range installedFiles {
-		if p != "/etc/autopod/autopod.toml" {
+	for p := range with(installedFiles, debOnlyFiles) {
+		if !strings.HasPrefix(p, "/etc/") { // conffiles stay until purge
 			packaged = append(packaged, debPath(p))
 		}
 	}
@@ -443,7 +469,7 @@ func debLifecycle(t *testing.T, ctx context.Context, tm *timings, b builds, lowe
 
 	done = step("files, units, verify")
 	expectFiles(true, packaged...)
-	for p, m := range installedFiles {
+	for p, m := range with(installedFiles, debOnlyFiles) {
 		p = debPath(p)
 		fi, err := os.Stat(c.path(p))
 		if err == nil && fi.Mode().Perm() != m {
@@ -515,6 +541,21 @@ func debLifecycle(t *testing.T, ctx context.Context, tm *timings, b builds, lowe
 	if !strings.Contains(listeners, `"autopod"`) || !strings.Contains(listeners, `"systemd"`) {
 		t.Errorf("port 7781 is not systemd's socket in the agent's hands:\n%s", listeners)
 	}
+	done()
+
+	done = step("path activation")
+	// apt-get update renames fresh lists into /var/lib/apt/lists/: with the
+	// agent stopped, autopod-updates.path must start it to look.
+	expectState("is-active", "autopod-updates.path", "active")
+	c.must(ctx, "systemctl", "stop", "autopod.service")
+	expectState("is-active", "autopod.service", "inactive")
+	c.must(ctx, "sh", "-c", "echo test > /var/lib/apt/lists/autopod-test_Packages.new && mv /var/lib/apt/lists/autopod-test_Packages.new /var/lib/apt/lists/autopod-test_Packages")
+	for deadline := time.Now().Add(20 * time.Second); state("is-active", "autopod.service") != "active"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a change in apt's lists did not start autopod.service: %s", state("is-active", "autopod.service"))
+		}
+	}
+	c.must(ctx, "rm", "-f", "/var/lib/apt/lists/autopod-test_Packages")
 	done()
 
 	done = step("pod")
@@ -595,7 +636,8 @@ func debLifecycle(t *testing.T, ctx context.Context, tm *timings, b builds, lowe
 	out = c.must(ctx, "dpkg", "-P", "autopod")
 	t.Logf("dpkg -P:\n%s", out)
 	expectFiles(false, "/var/lib/autopod", "/var/log/autopod", "/etc/autopod/autopod.toml",
-		"/etc/systemd/system/sockets.target.wants/autopod.socket")
+		"/etc/systemd/system/sockets.target.wants/autopod.socket", "/etc/apt/apt.conf.d/99autopod",
+		"/etc/systemd/system/paths.target.wants/autopod-updates.path")
 	// The admin's pod definitions are not the package's to delete.
 	expectFiles(true, "/etc/autopod/pods/"+testPod+".toml")
 	if s, err := c.exec(ctx, "dpkg-query", "-W", "-f=${Status}", "autopod"); err == nil && !strings.Contains(s, "not-installed") {

@@ -253,3 +253,85 @@ func TestUpdateCycle(t *testing.T) {
 	t.Logf("cycle: %d acknowledged writes, all present over one connection; lists changed → reboot %s, → pods home %s",
 		acked, tReboot.Round(time.Millisecond), total.Round(time.Millisecond))
 }
+
+// TestUpdateCycleFromApt: apt-get itself installs a new kernel, with
+// autopod's apt hook in place (packaging/etc/apt/apt.conf.d/99autopod).
+// The hook asks A's agent, which is in notify mode and would not start on
+// its own, to move the pod away first; apt waits, installs, tells the agent
+// it has finished, and the agent reboots and pulls the pod back.
+func TestUpdateCycleFromApt(t *testing.T) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	addr := kvPod(t, bed, a, "kv", 100)
+
+	apt := newAptUniverse(t, filepath.Join(a.Dir, "apt"))
+	const kernel = "linux-image-autopodtest-amd64"
+	apt.install(t, apt.deb(t, kernel, "6.99.1-1"))
+	apt.publish(t, apt.deb(t, kernel, "6.99.2-1"))
+	// The hook as packaged, pointing at the autopodctl under test.
+	hook, err := os.ReadFile(filepath.Join(testbed.RepoRoot(), "packaging/etc/apt/apt.conf.d/99autopod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook = []byte(strings.ReplaceAll(string(hook), "/usr/bin/autopodctl", filepath.Join(bed.Bin, "autopodctl")))
+	os.WriteFile(filepath.Join(apt.dir, "etc/apt.conf.d/99autopod"), hook, 0o644)
+
+	bootID := filepath.Join(a.Dir, "boot_id")
+	os.WriteFile(bootID, []byte("boot-1\n"), 0o644)
+	a.ConfigureUpdate(t, fmt.Sprintf("apt_config = %q\nretry_interval = \"2s\"", apt.conf))
+	env := []string{"AUTOPOD_TEST_BOOT_ID=" + bootID,
+		fmt.Sprintf("AUTOPOD_TEST_REBOOT=echo boot-2 > %s; kill -KILL $PPID", bootID)}
+	a.StartAgent(t, env...)
+	b.StartAgent(t)
+	bed.Pair(t)
+	waitPod(t, a, "kv", "running")
+	l := startLoad(t, bed, addr)
+	time.Sleep(300 * time.Millisecond)
+
+	apt.aptGet(t, "-q", "update")
+	time.Sleep(3 * time.Second) // the agent sees the lists; notify mode: it only reports
+	if st := updateStatus(t, a); st == nil || st.State != cycle.UpdatePending || len(st.PendingUpdates) == 0 {
+		t.Fatalf("A after apt-get update: %+v", st)
+	}
+
+	start := time.Now()
+	out := mustRun(t, []string{"APT_CONFIG=" + apt.conf, "DBUS_SYSTEM_BUS_ADDRESS=" + a.Bus, "AUTOPOD_HOOK_ROOT=" + apt.root},
+		"apt-get", "-y", "install", kernel)
+	t.Logf("apt-get install:\n%s", out)
+	if !strings.Contains(out, "autopod") {
+		t.Errorf("apt's output shows nothing from autopod's hook")
+	}
+	if v := apt.installed(kernel); v != "6.99.2-1" {
+		t.Fatalf("%s is %q after apt-get install", kernel, v)
+	}
+	select {
+	case <-a.Exited():
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("A's agent did not reboot after apt; status: %+v\n%s", updateStatus(t, a), a.AgentLog())
+	}
+	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
+		t.Fatalf("on B during A's reboot: %+v", p)
+	}
+	a.StartAgent(t, env...)
+	var st *cycle.Status
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if st = updateStatus(t, a); st != nil && st.State == cycle.Idle {
+			break
+		}
+	}
+	if st == nil || st.State != cycle.Idle {
+		t.Fatalf("A's cycle did not end: %+v\n%s", st, a.AgentLog())
+	}
+	if p := waitPod(t, a, "kv", "running"); p.Location != "" {
+		t.Fatalf("on A after the cycle: %+v", p)
+	}
+	if st.Trigger != "" && st.Trigger != cycle.TriggerAptHook {
+		t.Errorf("trigger %q", st.Trigger)
+	}
+	time.Sleep(300 * time.Millisecond)
+	acked := l.finish(t)
+	if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
+		t.Fatalf("counter %s, but %d writes were acknowledged", v, acked)
+	}
+	t.Logf("apt-triggered cycle: %d acknowledged writes kept; apt start → pods home %s", acked, time.Since(start).Round(time.Millisecond))
+}
