@@ -550,7 +550,8 @@ func (c CycleInstaller) Install(ctx context.Context, updates []cycle.Update) err
 		} else if err := c.run(ctx, env, "dpkg", "--configure", "-a"); err != nil {
 			return err
 		}
-		args := append([]string{"-y", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", "install"}, names...)
+		// A run left by a stopped agent may still hold the lock: wait.
+		args := append([]string{"-y", "-o", "DPkg::Lock::Timeout=1800", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", "install"}, names...)
 		return c.run(ctx, env, "apt-get", args...)
 	case updater.Dnf:
 		return c.run(ctx, env, "dnf", append([]string{"-y", "install"}, names...)...)
@@ -558,13 +559,29 @@ func (c CycleInstaller) Install(ctx context.Context, updates []cycle.Update) err
 	return fmt.Errorf("no package manager to install with (backend %q)", c.Backend)
 }
 
+// run runs the package manager and waits for it, or for ctx. It is never
+// killed: a package manager stopped half way leaves a broken system, and
+// when the agent stops (an upgrade of autopod itself restarts it from this
+// very apt run) the run must go on; KillMode=process leaves it alone, and
+// the resumed cycle runs the install again, which waits for dpkg's lock.
 func (c CycleInstaller) run(ctx context.Context, env []string, name string, args ...string) error {
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := exec.Command(name, args...)
 	cmd.Env = env
-	var out bytes.Buffer
+	var out syncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		c.Log.Warn("no longer waiting for the package manager; it goes on", "command", name, "pid", cmd.Process.Pid)
+		return fmt.Errorf("%s (pid %d) still runs: %w", name, cmd.Process.Pid, ctx.Err())
+	}
 	c.Log.Info("package manager ran", "command", name+" "+strings.Join(args, " "), "duration", time.Since(start), "err", err)
 	if err != nil {
 		tail := out.String()
@@ -635,4 +652,22 @@ func loadKexecKernel(ctx context.Context) error {
 		return fmt.Errorf("kexec -l: %w: %s", err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// syncBuffer is a bytes.Buffer safe for a child's stdout and stderr.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
