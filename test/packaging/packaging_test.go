@@ -72,6 +72,10 @@ func TestPackaging(t *testing.T) {
 			debLifecycle(t, ctx, tm, b, lower)
 		})
 	})
+	// After the lifecycle's container is gone: one container at a time.
+	t.Run("update-cycle-logind", func(t *testing.T) {
+		logindCycle(t, ctx, tm, b, lower)
+	})
 }
 
 // installedFiles are the files both packages install (the .deb's units live
