@@ -71,6 +71,16 @@ func cycleClass(c updater.Class) cycle.Class {
 type CyclePods struct {
 	Mgr      *pods.Manager
 	Progress func(pods.MigrationProgress)
+	// Fault, for failure tests only, is called at the step "evacuate"
+	// (see AUTOPOD_FAULT_INJECT).
+	Fault func(step string) error
+}
+
+func (c CyclePods) fault(step string) error {
+	if c.Fault == nil {
+		return nil
+	}
+	return c.Fault(step)
 }
 
 // List reports this host's own pods and where each is.
@@ -96,6 +106,9 @@ func (c CyclePods) List(ctx context.Context) ([]cycle.Pod, error) {
 
 // Evacuate migrates every own pod running here to peer.
 func (c CyclePods) Evacuate(ctx context.Context, peer string) error {
+	if err := c.fault("evacuate"); err != nil {
+		return err
+	}
 	list, _ := c.List(ctx)
 	var errs []error
 	for _, p := range list {
@@ -117,6 +130,9 @@ func (c CyclePods) Return(ctx context.Context) error {
 
 // CheckpointLocal checkpoints the named pods to disk and stops them.
 func (c CyclePods) CheckpointLocal(ctx context.Context, names []string) error {
+	if err := c.fault("evacuate"); err != nil {
+		return err
+	}
 	var errs []error
 	for _, n := range names {
 		st, err := c.Mgr.Get(ctx, n)

@@ -42,7 +42,8 @@ type updateCycle struct {
 
 // newUpdateCycle builds the cycle over the real systems. It returns nil
 // (and says why) on a host without a package manager it knows.
-func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, conn *dbus.Conn, obj *agent.AgentObject, log *slog.Logger) (*updateCycle, error) {
+func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, conn *dbus.Conn, obj *agent.AgentObject,
+	fault func(string) error, log *slog.Logger) (*updateCycle, error) {
 	log = log.With("component", "update")
 	env := []string{}
 	if cfg.Update.AptConfig != "" {
@@ -78,7 +79,7 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 		StateFile: filepath.Join(cfg.StateDir, "cycle.json"),
 		Policy:    cfg.Update.Policy,
 		Detector:  agent.CycleDetector{D: det},
-		Pods:      agent.CyclePods{Mgr: mgr, Progress: obj.Progress},
+		Pods:      agent.CyclePods{Mgr: mgr, Progress: obj.Progress, Fault: fault},
 		Peers:     agent.CyclePeers{Dialer: peers, Configured: cfg.Update.Peers},
 		Lock:      agent.CycleLock{Dialer: peers, Configured: cfg.Update.Peers, Store: store, Fleet: fleet},
 		Inhibitor: agent.CycleInhibitor{Client: lc, Log: log},

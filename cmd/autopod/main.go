@@ -133,8 +133,10 @@ func main() {
 }
 
 // faultFromEnv reads AUTOPOD_FAULT_INJECT, a failure-test aid: "STEP"
-// makes that step of a checkpoint or migration fail, "crash:STEP" makes
-// the agent exit abruptly there, as if killed. Unset in normal operation.
+// makes that step of a checkpoint, migration or update cycle fail,
+// "crash:STEP" makes the agent exit abruptly there, as if killed, and
+// "slow:STEP" makes the step take 5 s longer (to watch what the agent
+// holds meanwhile). Unset in normal operation.
 func faultFromEnv(log *slog.Logger) func(string) error {
 	spec := os.Getenv("AUTOPOD_FAULT_INJECT")
 	if spec == "" {
@@ -143,13 +145,19 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 	os.Unsetenv("AUTOPOD_FAULT_INJECT")
 	log.Warn("fault injection enabled (testing only)", "fault", spec)
 	step, crash := strings.CutPrefix(spec, "crash:")
+	step, slow := strings.CutPrefix(step, "slow:")
 	return func(s string) error {
 		if s != step {
 			return nil
 		}
-		if crash {
+		switch {
+		case crash:
 			log.Error("injected crash", "step", s)
 			os.Exit(3)
+		case slow:
+			log.Warn("injected delay", "step", s)
+			time.Sleep(5 * time.Second)
+			return nil
 		}
 		return fmt.Errorf("injected failure at %s", s)
 	}
@@ -220,10 +228,11 @@ func run(o options) error {
 	} else {
 		log.Info("CRIU", "path", criu.Path, "version", criu.Version, "features", criu.Features)
 	}
+	fault := faultFromEnv(log)
 	mgr, err := pods.NewManager(pods.ManagerConfig{
 		PodsDir: cfg.PodsDir, StateDir: cfg.StateDir, LogDir: cfg.LogDir, CriuPath: cfg.CriuPath,
 		Bridge: cfg.Bridge, BridgeAddress: cfg.BridgeAddress, CgroupName: cfg.CgroupRoot, Log: log,
-		Fault: faultFromEnv(log), Criu: &criu, MigrationStrategy: cfg.MigrationStrategy,
+		Fault: fault, Criu: &criu, MigrationStrategy: cfg.MigrationStrategy,
 	})
 	if err != nil {
 		return err
@@ -244,7 +253,7 @@ func run(o options) error {
 	mgr.SetPeerDialer(peers)
 	obj := agent.NewAgentObject(conn, mgr, agent.StatusInfo{Version: version, Criu: criu}, log)
 	obj.SetMigration(mgr, peers)
-	upd, err := newUpdateCycle(cfg, mgr, peers, conn, obj, log)
+	upd, err := newUpdateCycle(cfg, mgr, peers, conn, obj, fault, log)
 	if err != nil {
 		return fmt.Errorf("update cycle: %w", err)
 	}

@@ -20,9 +20,10 @@ import (
 // `autopodctl status` names its holder and reason; once it is released,
 // autopod reboots the container through logind.
 //
-// The container runs no pods: CRIU cannot work inside it (its
-// /proc/sys/kernel/ns_last_pid is read-only), so there is nothing to move;
-// moving pods under systemd is the VM issue's.
+// CRIU cannot work inside the container (its /proc/sys/kernel/ns_last_pid
+// is read-only), so no pod really moves there (that is the VM issue's); a
+// move made to last a few seconds, which then fails, shows autopod's
+// delay lock in logind's list.
 func logindCycle(t *testing.T, ctx context.Context, tm *timings, b builds, lower string) {
 	step := func(name string) func() { t.Logf("--- %s", name); return tm.track("logind: " + name) }
 	done := step("boot, install")
@@ -71,6 +72,80 @@ Dir::State::lists "/srv/aptest/lists/";
 	c.must(ctx, "systemctl", "restart", "autopod.service")
 	done()
 
+	type status struct {
+		Update struct {
+			State    string `json:"state"`
+			Reason   string `json:"reason"`
+			Blockers []struct {
+				Who, Why string
+			} `json:"blockers"`
+			LastError string `json:"last_error"`
+		} `json:"update"`
+	}
+	getStatus := func() status {
+		var st status
+		out, _ := c.exec(ctx, "autopodctl", "--json", "status")
+		_ = json.Unmarshal([]byte(out), &st)
+		return st
+	}
+	waitState := func(want string, d time.Duration) status {
+		t.Helper()
+		for deadline := time.Now().Add(d); ; time.Sleep(200 * time.Millisecond) {
+			st := getStatus()
+			if st.Update.State == want {
+				return st
+			}
+			if time.Now().After(deadline) {
+				j, _ := c.exec(ctx, "journalctl", "-u", "autopod", "--no-pager", "-n", "40")
+				t.Fatalf("the cycle is not %s within %s: %+v\n%s", want, d, st.Update, j)
+			}
+		}
+	}
+
+	done = step("the delay lock while pods move")
+	// A pod, no peer: the policy checkpoints it to disk, holding a delay
+	// lock meanwhile. The move is made to last 5 s (AUTOPOD_FAULT_INJECT),
+	// long enough to look at logind's list; then it fails (CRIU cannot run
+	// in the container) and the cycle brings everything back.
+	os.WriteFile(c.path("/etc/autopod/pods/sleeper.toml"), []byte("command = \"/bin/sleep\"\nargs = [\"infinity\"]\n"), 0o644)
+	os.MkdirAll(c.path("/etc/systemd/system/autopod.service.d"), 0o755)
+	os.WriteFile(c.path("/etc/systemd/system/autopod.service.d/fault.conf"), []byte("[Service]\nEnvironment=AUTOPOD_FAULT_INJECT=slow:evacuate\n"), 0o644)
+	conf, _ := os.ReadFile(c.path("/etc/autopod/autopod.toml"))
+	os.WriteFile(c.path("/etc/autopod/autopod.toml"), append(conf, "no_peer = \"local-checkpoint\"\nmax_attempts = 1\n"...), 0o644)
+	c.must(ctx, "systemctl", "daemon-reload")
+	c.must(ctx, "systemctl", "restart", "autopod.service")
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(c.must(ctx, "autopodctl", "pods"), "running"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod does not run:\n%s", c.must(ctx, "autopodctl", "pods"))
+		}
+	}
+	t.Logf("autopodctl update --now:\n%s", c.must(ctx, "autopodctl", "update", "--now"))
+	var locks string
+	for deadline := time.Now().Add(8 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		locks = c.must(ctx, "systemd-inhibit", "--list", "--no-pager")
+		if strings.Contains(locks, "autopod") && strings.Contains(locks, "delay") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no delay lock of autopod's while the pods move: state %+v\n%s", getStatus().Update, locks)
+		}
+	}
+	t.Logf("systemd-inhibit --list while the pod moves:\n%s", locks)
+	waitState("idle", 90*time.Second)
+	if l := c.must(ctx, "systemd-inhibit", "--list", "--no-pager"); strings.Contains(l, "autopod") {
+		t.Errorf("autopod's lock is left after the cycle:\n%s", l)
+	}
+	if p := c.must(ctx, "autopodctl", "pods"); !strings.Contains(p, "running") {
+		t.Errorf("the pod does not run after the failed move:\n%s", p)
+	}
+	// Back to no pods and no fault for the rest.
+	c.must(ctx, "autopodctl", "stop", "sleeper")
+	os.Remove(c.path("/etc/autopod/pods/sleeper.toml"))
+	os.Remove(c.path("/etc/systemd/system/autopod.service.d/fault.conf"))
+	c.must(ctx, "systemctl", "daemon-reload")
+	c.must(ctx, "systemctl", "restart", "autopod.service")
+	done()
+
 	done = step("a block inhibitor holds the reboot")
 	c.must(ctx, "systemd-run", "--unit=aptest-blocker", "systemd-inhibit", "--what=shutdown", "--mode=block",
 		"--who=backup-test", "--why=nightly backup", "sleep", "600")
@@ -85,21 +160,9 @@ Dir::State::lists "/srv/aptest/lists/";
 		t.Fatalf("the agent does not see the new kernel package")
 	}
 	t.Logf("autopodctl update --now:\n%s", c.must(ctx, "autopodctl", "update", "--now"))
-	type status struct {
-		Update struct {
-			State    string `json:"state"`
-			Reason   string `json:"reason"`
-			Blockers []struct {
-				Who, Why string
-			} `json:"blockers"`
-			LastError string `json:"last_error"`
-		} `json:"update"`
-	}
 	var st status
 	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		out, _ := c.exec(ctx, "autopodctl", "--json", "status")
-		st = status{}
-		_ = json.Unmarshal([]byte(out), &st)
+		st = getStatus()
 		if st.Update.State == "rebooting" && len(st.Update.Blockers) > 0 {
 			break
 		}

@@ -288,16 +288,18 @@ func (m *migBench) use(s string) error {
 		if err != nil {
 			return err
 		}
+		// A top-level key: it replaces the line where it stands (before the
+		// config's [update] table).
 		var keep []string
 		for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
 			if !strings.HasPrefix(strings.TrimSpace(l), "migration_strategy") {
 				keep = append(keep, l)
 			}
 		}
-		keep = append(keep, fmt.Sprintf("migration_strategy = %q", s))
 		if err := os.WriteFile(h.Config, []byte(strings.Join(keep, "\n")+"\n"), 0o644); err != nil {
 			return err
 		}
+		h.Configure(m.t, fmt.Sprintf("migration_strategy = %q", s))
 	}
 	m.a.StartAgent(m.t)
 	m.b.StartAgent(m.t)
