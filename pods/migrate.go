@@ -470,6 +470,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	// serves the pod's memory (lazyRunning).
 	dumpDone := make(chan error, 1)
 	lazyRunning := false
+	var pageBytes *tally // what a lazy dump's page server sent
 	var held *trafficHold
 	rollback := func(cause error) (MigrationResult, error) {
 		report(PhaseRollback)
@@ -568,9 +569,8 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		written := make(chan struct{})
 		req.Lazy, req.PageServerPort = true, pagePort
 		req.postDump = func() error { close(written); return nil }
-		pageBytes := newTally(false)
+		pageBytes = newTally(false)
 		m.addPageServer(txn, peer, pagePort, pageBytes, nil)
-		defer func() { res.PageBytes, _ = pageBytes.result() }()
 		defer m.dropPageServer(txn)
 		lazyRunning = true
 		go func() { dumpDone <- m.criu.Dump(ctx, req) }()
@@ -699,6 +699,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		}
 		derr := <-dumpDone
 		lazyRunning = false
+		res.PageBytes, _ = pageBytes.result()
 		conn.SetDeadline(time.Now().Add(2 * time.Minute))
 		cerr := conn.Expect("committed", nil)
 		switch {
@@ -750,7 +751,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	res.Total = time.Since(start)
 	report(PhaseDone)
 	m.cfg.Log.Info("pod migrated", "pod", s.Name, "peer", peer, "strategy", res.Strategy, "frozen", res.Frozen, "total", res.Total,
-		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes)
+		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes, "page_bytes", res.PageBytes)
 	return res, nil
 }
 
@@ -1137,23 +1138,27 @@ func (m *Manager) resolveIncoming(p *pod, txn, peer string) {
 }
 
 func (m *Manager) askDecision(ctx context.Context, txn, peer string) (string, error) {
+	var dec txnDecision
+	err := m.askPeer(ctx, peer, "txn-status", txnRef{Txn: txn}, "txn-decision", &dec)
+	return dec.Decision, err
+}
+
+// askPeer sends one request on a new connection to peer and reads the
+// answer of type answer into body.
+func (m *Manager) askPeer(ctx context.Context, peer, request string, req any, answer string, body any) error {
 	d, err := m.peerDialer()
 	if err != nil {
-		return "", err
+		return err
 	}
 	conn, err := d.DialPeer(ctx, peer)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer conn.Close()
-	if err := conn.Send("txn-status", txnRef{Txn: txn}); err != nil {
-		return "", err
+	if err := conn.Send(request, req); err != nil {
+		return err
 	}
-	var dec txnDecision
-	if err := conn.Expect("txn-decision", &dec); err != nil {
-		return "", err
-	}
-	return dec.Decision, nil
+	return conn.Expect(answer, body)
 }
 
 func (m *Manager) applyDecision(p *pod, decision string) {

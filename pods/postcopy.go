@@ -135,23 +135,9 @@ func (m *Manager) resolvePostcopy(p *pod, txn, peer string) {
 }
 
 func (m *Manager) askPostcopy(ctx context.Context, txn, peer string) (string, error) {
-	d, err := m.peerDialer()
-	if err != nil {
-		return "", err
-	}
-	conn, err := d.DialPeer(ctx, peer)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	if err := conn.Send("postcopy-status", txnRef{Txn: txn}); err != nil {
-		return "", err
-	}
 	var st postcopyStatusMsg
-	if err := conn.Expect("postcopy-status", &st); err != nil {
-		return "", err
-	}
-	return st.Status, nil
+	err := m.askPeer(ctx, peer, "postcopy-status", txnRef{Txn: txn}, "postcopy-status", &st)
+	return st.Status, err
 }
 
 // commitOut decides durably that the pod left, and destroys the frozen

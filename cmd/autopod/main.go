@@ -216,6 +216,11 @@ func run(o options) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
+	// SIGHUP re-reads the pod definitions. Caught from the start: systemd
+	// reports the unit active at READY=1, and a reload sent right then
+	// must not find the default action (exit) still in place.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, unix.SIGHUP)
 
 	notifier, err := agent.NewNotifier(log)
 	if err != nil {
@@ -294,8 +299,6 @@ func run(o options) error {
 		go notifier.RunWatchdog(ctx)
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, unix.SIGHUP)
 	for {
 		select {
 		case <-hup:

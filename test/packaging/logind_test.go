@@ -50,6 +50,7 @@ func logindCycle(t *testing.T, ctx context.Context, tm *timings, b builds, lower
 			}
 		}
 		copyTree(t, b.deb, filepath.Join(d, filepath.Base(b.deb)))
+		copyTree(t, b.debNext, filepath.Join(d, filepath.Base(b.debNext)))
 		copyTree(t, v1, filepath.Join(d, filepath.Base(v1)))
 		copyTree(t, v2, filepath.Join(r, filepath.Base(v2)))
 		run(t, ctx, r, nil, "sh", "-c", "apt-ftparchive packages . > Packages && apt-ftparchive release . > Release")
@@ -88,11 +89,14 @@ Dir::State::lists "/srv/aptest/lists/";
 		_ = json.Unmarshal([]byte(out), &st)
 		return st
 	}
+	// waitState waits for one of the states in want (space-separated). A
+	// cycle that ended goes idle, and at once update-pending again while
+	// the update is still there (notify mode).
 	waitState := func(want string, d time.Duration) status {
 		t.Helper()
 		for deadline := time.Now().Add(d); ; time.Sleep(200 * time.Millisecond) {
 			st := getStatus()
-			if st.Update.State == want {
+			if st.Update.State != "" && strings.Contains(" "+want+" ", " "+st.Update.State+" ") {
 				return st
 			}
 			if time.Now().After(deadline) {
@@ -102,6 +106,7 @@ Dir::State::lists "/srv/aptest/lists/";
 		}
 	}
 
+	var out string
 	done = step("the delay lock while pods move")
 	// A pod, no peer: the policy checkpoints it to disk, holding a delay
 	// lock meanwhile. The move is made to last 5 s (AUTOPOD_FAULT_INJECT),
@@ -131,7 +136,22 @@ Dir::State::lists "/srv/aptest/lists/";
 		}
 	}
 	t.Logf("systemd-inhibit --list while the pod moves:\n%s", locks)
-	waitState("idle", 90*time.Second)
+	done()
+
+	// An upgrade of autopod itself in the middle of the cycle: the
+	// package's postinst restarts the agent while it moves the pod; the new
+	// agent resumes the persisted cycle and ends it cleanly.
+	done = step("upgrade in the middle of the cycle")
+	before := getStatus().Update.State
+	out = c.must(ctx, "dpkg", "-i", "/root/pkgtest/"+filepath.Base(b.debNext))
+	t.Logf("dpkg -i (upgrade during the cycle, in state %s):\n%s", before, out)
+	if v := strings.TrimSpace(c.must(ctx, "autopod", "--version")); v != "autopod "+b.versionUp {
+		t.Errorf("after the upgrade: %q", v)
+	}
+	if j, _ := c.exec(ctx, "journalctl", "-u", "autopod", "--no-pager", "-n", "200"); !strings.Contains(j, "update cycle resumes") {
+		t.Errorf("the new agent did not resume the cycle:\n%s", j)
+	}
+	waitState("idle update-pending", 90*time.Second)
 	if l := c.must(ctx, "systemd-inhibit", "--list", "--no-pager"); strings.Contains(l, "autopod") {
 		t.Errorf("autopod's lock is left after the cycle:\n%s", l)
 	}
@@ -154,7 +174,7 @@ Dir::State::lists "/srv/aptest/lists/";
 			t.Fatalf("the inhibitor did not show up:\n%s", c.must(ctx, "systemd-inhibit", "--list"))
 		}
 	}
-	out := c.must(ctx, "autopodctl", "update", "--check")
+	out = c.must(ctx, "autopodctl", "update", "--check")
 	t.Logf("autopodctl update --check:\n%s", out)
 	if !strings.Contains(out, kernel) {
 		t.Fatalf("the agent does not see the new kernel package")

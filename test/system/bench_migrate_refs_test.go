@@ -317,7 +317,7 @@ func (r *rawPod) move(to *testbed.Host) (benchkit.Sample, error) {
 	dumpLog := fmt.Sprintf("dump-%d.log", r.n)
 	out, err := exec.Command("nsenter", "--net=/run/netns/"+from.Netns, r.criu, "dump", "-t", strconv.Itoa(r.pid),
 		"-D", src, "-W", logs, "-o", dumpLog, "-v4",
-		"--tcp-established", "--network-lock", "nftables", "--manage-cgroups=ignore").CombinedOutput()
+		"--tcp-established", "--file-locks", "--network-lock", "nftables", "--manage-cgroups=ignore").CombinedOutput()
 	if err != nil {
 		return nil, r.criuFailed("dump", err, out, filepath.Join(logs, dumpLog))
 	}
@@ -331,7 +331,7 @@ func (r *rawPod) move(to *testbed.Host) (benchkit.Sample, error) {
 	restoreLog := fmt.Sprintf("restore-%d.log", r.n)
 	out, err = exec.Command("nsenter", "--net=/run/netns/"+to.Netns, r.criu, "restore", "-d", "--restore-sibling",
 		"-D", dst, "-W", logs, "-o", restoreLog, "-v4", "--pidfile", pidfile,
-		"--tcp-established", "--network-lock", "nftables", "--manage-cgroups=ignore",
+		"--tcp-established", "--file-locks", "--network-lock", "nftables", "--manage-cgroups=ignore",
 		"--external", "veth[eth0]:"+r.veth+"@autopod0").CombinedOutput()
 	if err != nil {
 		return nil, r.criuFailed("restore", err, out, filepath.Join(logs, restoreLog))

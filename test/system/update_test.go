@@ -335,3 +335,73 @@ func TestUpdateCycleFromApt(t *testing.T) {
 	}
 	t.Logf("apt-triggered cycle: %d acknowledged writes kept; apt start → pods home %s", acked, time.Since(start).Round(time.Millisecond))
 }
+
+// TestUpdateCycleLocalCheckpoint: no peer can take the pod, and the
+// policy (no_peer = "local-checkpoint") keeps it on disk across the
+// "reboot", as KUP did: checkpointed, the package installed, the agent
+// killed and started under a new boot ID, the pod restored here with its
+// memory and its client's TCP connection.
+func TestUpdateCycleLocalCheckpoint(t *testing.T) {
+	bed := testbed.New(t, 1)
+	a := bed.Hosts[0]
+	addr := kvPod(t, bed, a, "kv", 100)
+	apt := newAptUniverse(t, filepath.Join(a.Dir, "apt"))
+	const kernel = "linux-image-autopodtest-amd64"
+	apt.install(t, apt.deb(t, kernel, "6.99.1-1"))
+	apt.publish(t, apt.deb(t, "hello-autopodtest", "1.0-1"))
+	apt.aptGet(t, "-q", "update")
+	bootID := filepath.Join(a.Dir, "boot_id")
+	os.WriteFile(bootID, []byte("boot-1\n"), 0o644)
+	a.ConfigureUpdate(t, fmt.Sprintf("mode = \"automatic\"\nno_peer = \"local-checkpoint\"\napt_config = %q\nretry_interval = \"2s\"", apt.conf))
+	env := []string{"AUTOPOD_TEST_BOOT_ID=" + bootID,
+		fmt.Sprintf("AUTOPOD_TEST_REBOOT=echo boot-2 > %s; kill -KILL $PPID", bootID)}
+	a.StartAgent(t, env...)
+	waitPod(t, a, "kv", "running")
+	fill := dialRedis(t, bed, addr)
+	if err := fill.FillRandom(20, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	sums := valueSums(t, fill, 20)
+	fill.Close()
+	l := startLoad(t, bed, addr)
+	time.Sleep(300 * time.Millisecond)
+
+	start := time.Now()
+	apt.publish(t, apt.deb(t, kernel, "6.99.2-1"))
+	apt.aptGet(t, "-q", "update")
+	select {
+	case <-a.Exited():
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("A's agent did not reboot; status: %+v\n%s", updateStatus(t, a), a.AgentLog())
+	}
+	if v := apt.installed(kernel); v != "6.99.2-1" {
+		t.Fatalf("%s is %q after the install", kernel, v)
+	}
+	if procs := a.CgroupProcs("kv"); len(procs) > 0 {
+		t.Fatalf("the pod still runs during the reboot: %v", procs)
+	}
+	a.StartAgent(t, env...)
+	var st *cycle.Status
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if st = updateStatus(t, a); st != nil && st.State == cycle.Idle {
+			break
+		}
+	}
+	if st == nil || st.State != cycle.Idle || st.LastError != "" {
+		t.Fatalf("the cycle did not end cleanly: %+v\n%s", st, a.AgentLog())
+	}
+	waitPod(t, a, "kv", "running")
+	l.pause()
+	acked := l.finish(t)
+	if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
+		t.Fatalf("counter %s, but %d writes were acknowledged", v, acked)
+	}
+	after := valueSums(t, l.writerCon, 20)
+	for k, v := range sums {
+		if after[k] != v {
+			t.Fatalf("%s changed across the local checkpoint", k)
+		}
+	}
+	t.Logf("local checkpoint across the reboot: %d acknowledged writes kept over one connection; cycle %s",
+		acked, time.Since(start).Round(time.Millisecond))
+}
