@@ -7,16 +7,10 @@ package logind
 // host.
 
 import (
-	"bufio"
-	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/godbus/dbus/v5"
 
@@ -39,14 +33,10 @@ const busConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Con
 </busconfig>
 `
 
-// startBus runs dbus-daemon until the test ends and returns its address.
-// It is testbus.Start with another configuration file.
+// startBus runs dbus-daemon, with logind's and systemd's bus policy added,
+// until the test ends and returns its address.
 func startBus(t *testing.T) string {
 	t.Helper()
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("dbus-daemon not installed (apt-get install dbus-daemon, or scripts/deps.sh)")
-	}
 	dir := testbus.ShareableTempDir(t)
 	policy, err := filepath.Abs(filepath.Join("testdata", "systemd-policy.conf"))
 	if err != nil {
@@ -56,46 +46,7 @@ func startBus(t *testing.T) string {
 	if err := os.WriteFile(conf, fmt.Appendf(nil, busConfig, testbus.Config(), policy, os.Getuid()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "dbus-daemon.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, daemon, "--config-file="+conf,
-		"--address=unix:path="+filepath.Join(dir, "bus"), "--nofork", "--nopidfile", "--print-address")
-	cmd.Stderr = logf
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("start dbus-daemon: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		logf.Close()
-	})
-	lines := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		lines <- strings.TrimSpace(line)
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case addr := <-lines:
-		if addr == "" {
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("dbus-daemon printed no address: %s", b)
-		}
-		return addr
-	case <-time.After(10 * time.Second):
-		b, _ := os.ReadFile(logPath)
-		t.Fatalf("dbus-daemon did not start in 10s: %s", b)
-		return ""
-	}
+	return testbus.StartConfig(t, dir, conf)
 }
 
 // connect opens a connection to the bus, closed when the test ends.

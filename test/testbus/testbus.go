@@ -29,6 +29,13 @@ func Config() string {
 // its address. The daemon is stopped at the test's cleanup.
 func Start(t testing.TB, dir string) string {
 	t.Helper()
+	return StartConfig(t, dir, Config())
+}
+
+// StartConfig is Start with another configuration file (one that includes
+// Config() and adds policies of its own).
+func StartConfig(t testing.TB, dir, config string) string {
+	t.Helper()
 	daemon, err := exec.LookPath("dbus-daemon")
 	if err != nil {
 		t.Skip("dbus-daemon not installed (apt-get install dbus-daemon, or scripts/deps.sh)")
@@ -39,7 +46,7 @@ func Start(t testing.TB, dir string) string {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, daemon, "--config-file="+Config(),
+	cmd := exec.CommandContext(ctx, daemon, "--config-file="+config,
 		"--address=unix:path="+filepath.Join(dir, "bus"), "--nofork", "--nopidfile", "--print-address")
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
