@@ -308,14 +308,15 @@ EOF
 
 # ---------------------------------------------------------------------------
 versions() {
+  # sed -n 1p, not head -1: it reads all, so no tool dies of SIGPIPE (pipefail).
   {
     echo "captured $(date -u +%Y-%m-%d) on $(. /etc/os-release && echo "$PRETTY_NAME")"
-    apt-get --version | head -1
-    dpkg --version | head -1
+    apt-get --version | sed -n 1p
+    dpkg --version | sed -n 1p
     rpm --version
-    dnf --version | head -1
+    dnf --version | sed -n 1p
     dpkg-query -W -f='dnf-plugins-core ${Version}\n' dnf-plugins-core 2>/dev/null || true
-    createrepo_c --version | head -1
+    createrepo_c --version | sed -n 1p
   } >"$out/versions.txt"
 }
 
