@@ -26,6 +26,11 @@ APT_PKGS=(
   uuid-dev
 )
 
+# The end-to-end tier's VMs (make e2e) also need qemu.
+if [ -n "${AUTOPOD_DEPS_E2E:-}" ]; then
+  APT_PKGS+=(qemu-system-x86 openssh-client)
+fi
+
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
