@@ -570,7 +570,13 @@ func debLifecycle(t *testing.T, ctx context.Context, tm *timings, b builds, lowe
 	c.must(ctx, "systemctl", "kill", "--kill-whom=main", "--signal=SIGHUP", "autopod.service")
 	var p podStatus
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if p = pod(); p.State == "running" && p.Pid > 0 {
+		// The agent re-reads its pods after the signal, in its own time:
+		// "no such pod" until then.
+		if out, err := c.exec(ctx, "autopodctl", "--json", "pod", testPod); err == nil {
+			p = podStatus{}
+			_ = json.Unmarshal([]byte(out), &p)
+		}
+		if p.State == "running" && p.Pid > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
