@@ -75,6 +75,7 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 			return strings.TrimSpace(string(b)), err
 		}
 	}
+	watch, lock := watchPaths(det.Backend(), cfg.Update.AptConfig)
 	m, err := cycle.New(cycle.Config{
 		StateFile: filepath.Join(cfg.StateDir, "cycle.json"),
 		Policy:    cfg.Update.Policy,
@@ -84,7 +85,7 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 		Lock:      agent.CycleLock{Dialer: peers, Configured: cfg.Update.Peers, Store: store, Fleet: fleet},
 		Inhibitor: agent.CycleInhibitor{Client: lc, Log: log},
 		Installer: agent.CycleInstaller{Backend: det.Backend(), AptConfig: cfg.Update.AptConfig, Log: log},
-		Rebooter:  agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), DpkgLock: dpkgLock(det.Backend(), cfg.Update.AptConfig), Log: log},
+		Rebooter:  agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), DpkgLock: lock, Log: log},
 		BootID:    bootID,
 		Notify:    obj.OnTransition,
 		Log:       log,
@@ -96,49 +97,50 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 		machine: m,
 		service: &agent.UpdateService{M: m, Backend: det.Backend()},
 		peers:   &agent.UpdatePeerService{Store: store, Accept: m.AcceptPods, Log: log},
-		watch:   watchPaths(det.Backend(), cfg.Update.AptConfig),
+		watch:   watch,
 		log:     log,
 	}
 	return u, nil
 }
 
-// watchPaths are the files whose change means updates may be pending:
-// the package manager's defaults, or those of a private apt configuration.
-func watchPaths(b updater.Backend, aptConfig string) []string {
-	if b != updater.Apt || aptConfig == "" {
-		return updater.DefaultWatchPaths(b)
-	}
+// aptPaths are where a private apt configuration (apt_config) keeps its
+// lists and dpkg's status file, from one run of apt-config; "" when it
+// cannot tell.
+func aptPaths(aptConfig string) (lists, status string) {
 	cmd := exec.Command("apt-config", "shell", "LISTS", "Dir::State::lists/d", "STATUS", "Dir::State::status/f")
 	cmd.Env = append(os.Environ(), "APT_CONFIG="+aptConfig)
 	out, err := cmd.Output()
 	if err != nil {
-		return updater.DefaultWatchPaths(b)
+		return "", ""
 	}
-	var paths []string
 	for _, line := range strings.Split(string(out), "\n") {
-		if _, v, ok := strings.Cut(line, "="); ok {
-			paths = append(paths, strings.TrimSuffix(strings.Trim(v, "'"), "/"))
+		k, v, ok := strings.Cut(line, "=")
+		v = strings.TrimSuffix(strings.Trim(v, "'"), "/")
+		switch {
+		case ok && k == "LISTS":
+			lists = v
+		case ok && k == "STATUS":
+			status = v
 		}
 	}
-	return paths
+	return lists, status
 }
 
-// dpkgLock is dpkg's frontend lock, in the private root of apt_config if
-// one is set; "" without dpkg.
-func dpkgLock(b updater.Backend, aptConfig string) string {
-	if b != updater.Apt {
-		return ""
+// watchPaths are the files whose change means updates may be pending, and
+// dpkgLock dpkg's frontend lock ("" without dpkg): the package manager's
+// defaults, or those of a private apt configuration.
+func watchPaths(b updater.Backend, aptConfig string) (watch []string, dpkgLock string) {
+	switch {
+	case b != updater.Apt:
+		return updater.DefaultWatchPaths(b), ""
+	case aptConfig == "":
+		return updater.DefaultWatchPaths(b), hooks.DpkgFrontendLock
 	}
-	if aptConfig == "" {
-		return hooks.DpkgFrontendLock
+	lists, status := aptPaths(aptConfig)
+	if lists == "" || status == "" {
+		return updater.DefaultWatchPaths(b), hooks.DpkgFrontendLock
 	}
-	cmd := exec.Command("apt-config", "shell", "STATUS", "Dir::State::status/f")
-	cmd.Env = append(os.Environ(), "APT_CONFIG="+aptConfig)
-	out, err := cmd.Output()
-	if _, v, ok := strings.Cut(strings.TrimSpace(string(out)), "="); err == nil && ok {
-		return filepath.Join(filepath.Dir(strings.Trim(v, "'")), "lock-frontend")
-	}
-	return hooks.DpkgFrontendLock
+	return []string{lists, status}, filepath.Join(filepath.Dir(status), "lock-frontend")
 }
 
 // run drives the cycle until ctx ends: the machine itself, and a check

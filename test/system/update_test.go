@@ -135,6 +135,19 @@ func updateStatus(t *testing.T, h *testbed.Host) *cycle.Status {
 	return st.Update
 }
 
+// waitIdle waits until h's update cycle has ended (state idle).
+func waitIdle(t *testing.T, h *testbed.Host, d time.Duration) *cycle.Status {
+	t.Helper()
+	var st *cycle.Status
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if st = updateStatus(t, h); st != nil && st.State == cycle.Idle {
+			return st
+		}
+	}
+	t.Fatalf("%s's update cycle did not end within %s: %+v\n%s", h.Name, d, st, h.AgentLog())
+	return nil
+}
+
 // TestUpdateCycle runs the whole update cycle on the test-bed: apt's lists
 // change to offer a new kernel package; host A's agent notices, takes the
 // lease from B, evacuates its pod to B while a client keeps writing,
@@ -205,18 +218,7 @@ func TestUpdateCycle(t *testing.T) {
 
 	// A boots: its agent comes back under a new boot ID and pulls the pod home.
 	a.StartAgent(t, env...)
-	deadline := time.Now().Add(3 * time.Minute)
-	var st *cycle.Status
-	for time.Now().Before(deadline) {
-		st = updateStatus(t, a)
-		if st != nil && st.State == cycle.Idle {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if st == nil || st.State != cycle.Idle {
-		t.Fatalf("A's cycle did not end after the reboot: %+v\n%s", st, a.AgentLog())
-	}
+	st := waitIdle(t, a, 3*time.Minute)
 	total := time.Since(start)
 	if p := waitPod(t, a, "kv", "running"); p.Location != "" {
 		t.Fatalf("on A after the cycle: %+v", p)
@@ -313,15 +315,7 @@ func TestUpdateCycleFromApt(t *testing.T) {
 		t.Fatalf("on B during A's reboot: %+v", p)
 	}
 	a.StartAgent(t, env...)
-	var st *cycle.Status
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if st = updateStatus(t, a); st != nil && st.State == cycle.Idle {
-			break
-		}
-	}
-	if st == nil || st.State != cycle.Idle {
-		t.Fatalf("A's cycle did not end: %+v\n%s", st, a.AgentLog())
-	}
+	st := waitIdle(t, a, 2*time.Minute)
 	if p := waitPod(t, a, "kv", "running"); p.Location != "" {
 		t.Fatalf("on A after the cycle: %+v", p)
 	}
@@ -381,13 +375,8 @@ func TestUpdateCycleLocalCheckpoint(t *testing.T) {
 		t.Fatalf("the pod still runs during the reboot: %v", procs)
 	}
 	a.StartAgent(t, env...)
-	var st *cycle.Status
-	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if st = updateStatus(t, a); st != nil && st.State == cycle.Idle {
-			break
-		}
-	}
-	if st == nil || st.State != cycle.Idle || st.LastError != "" {
+	st := waitIdle(t, a, 3*time.Minute)
+	if st.LastError != "" {
 		t.Fatalf("the cycle did not end cleanly: %+v\n%s", st, a.AgentLog())
 	}
 	waitPod(t, a, "kv", "running")
