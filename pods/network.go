@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // run executes a tool and returns its error with the tool's own output
@@ -173,6 +174,13 @@ func setPortForwarding(ctx context.Context, veth string, on bool) error {
 		state = "3" // forwarding
 	}
 	_, err := run(ctx, "bridge", "link", "set", "dev", veth, "state", state)
+	// A port may forward only once its link is operationally up, which the
+	// kernel notes a little after a fresh veth's peer came up (link watch):
+	// right after a restore, "Network is down" means "not yet".
+	for deadline := time.Now().Add(2 * time.Second); on && err != nil && strings.Contains(err.Error(), "Network is down") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		_, err = run(ctx, "bridge", "link", "set", "dev", veth, "state", state)
+	}
 	return err
 }
 
