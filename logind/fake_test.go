@@ -24,6 +24,7 @@ type fakeLogind struct {
 	mu        sync.Mutex
 	static    []inhibitorWire // locks of other programs
 	locks     []*fakeLock     // locks handed out by Inhibit, until released
+	handedOut []*fakeLock     // every lock handed out, released or not
 	unsent    []*os.File      // the fake's copies of descriptors it replied with
 	calls     []string
 	canReboot string
@@ -102,6 +103,7 @@ func (f *fakeLogind) Inhibit(sender dbus.Sender, what, who, why, mode string) (d
 	l := &fakeLock{wire: inhibitorWire{What: what, Who: who, Why: why, Mode: mode, UID: uid, PID: pid}, released: make(chan struct{})}
 	f.mu.Lock()
 	f.locks = append(f.locks, l)
+	f.handedOut = append(f.handedOut, l)
 	// godbus sends the descriptor after this method returns and never
 	// closes it; dropSent closes the fake's copy once the client has the
 	// reply (logind's sd-bus closes its copy right after sending).
@@ -161,6 +163,20 @@ func (f *fakeLogind) dropSent() {
 		w.Close()
 	}
 	f.unsent = nil
+}
+
+// handedOutFor returns the lock taken with who, live or already released.
+func (f *fakeLogind) handedOutFor(t *testing.T, who string) *fakeLock {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, l := range f.handedOut {
+		if l.wire.Who == who {
+			return l
+		}
+	}
+	t.Fatalf("fake logind handed out no lock for %q", who)
+	return nil
 }
 
 // lockFor returns the live lock taken with who.
