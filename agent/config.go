@@ -46,8 +46,9 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// Watchdog enables the systemd watchdog keepalive.
 	Watchdog bool `toml:"watchdog"`
-	// MigrationStrategy is how pods move to peers: "auto" picks post-copy
-	// where both hosts can run it, else stop-and-copy.
+	// MigrationStrategy is how pods move to peers by default: "auto"
+	// picks post-copy where both hosts can run it, else pre-copy, else
+	// stop-and-copy. `autopodctl migrate --strategy` overrides it.
 	MigrationStrategy string `toml:"migration_strategy"`
 	// Update is the [update] table: the update cycle's policy.
 	Update UpdateConfig `toml:"update"`

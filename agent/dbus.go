@@ -33,23 +33,24 @@ const (
 // D-Bus error names the agent's methods return. The message of each error
 // is the Go error's text, so busctl users see the same words as the log.
 const (
-	DBusErrNotFound       = DBusInterface + ".Error.NotFound"       // pods.ErrNotFound
-	DBusErrInvalid        = DBusInterface + ".Error.Invalid"        // pods.ErrInvalid, bad arguments
-	DBusErrBusy           = DBusInterface + ".Error.Busy"           // pods.ErrBusy
-	DBusErrAlreadyRunning = DBusInterface + ".Error.AlreadyRunning" // pods.ErrRunning
-	DBusErrNotRunning     = DBusInterface + ".Error.NotRunning"     // pods.ErrNotRunning
-	DBusErrNoCheckpoint   = DBusInterface + ".Error.NoCheckpoint"   // pods.ErrNoCheckpoint
-	DBusErrAccessDenied   = DBusInterface + ".Error.AccessDenied"   // caller is not root
-	DBusErrMigrated       = DBusInterface + ".Error.Migrated"       // pods.ErrMigrated
-	DBusErrPeerRefused    = DBusInterface + ".Error.PeerRefused"    // pods.ErrPeerRefused, peer.ErrRefused
-	DBusErrUnknownPeer    = DBusInterface + ".Error.UnknownPeer"    // peer.ErrUnknownPeer
-	DBusErrNoIdentity     = DBusInterface + ".Error.NoIdentity"     // peer.ErrNoIdentity
-	DBusErrIdentityExists = DBusInterface + ".Error.IdentityExists" // peer.ErrIdentityExists
-	DBusErrNotSupported   = DBusInterface + ".Error.NotSupported"   // no Migrator or PeerRegistry configured
-	DBusErrTooLate        = DBusInterface + ".Error.TooLate"        // cycle.ErrTooLate: the update cycle cannot be cancelled any more
-	DBusErrNoUpdates      = DBusInterface + ".Error.NoUpdates"      // cycle.ErrNoUpdates, cycle.ErrNothingToCancel
-	DBusErrAborted        = DBusInterface + ".Error.Aborted"        // cycle.ErrAborted: the cycle ended before the pods were away
-	DBusErrFailed         = DBusInterface + ".Error.Failed"         // anything else
+	DBusErrNotFound       = DBusInterface + ".Error.NotFound"            // pods.ErrNotFound
+	DBusErrInvalid        = DBusInterface + ".Error.Invalid"             // pods.ErrInvalid, bad arguments
+	DBusErrBusy           = DBusInterface + ".Error.Busy"                // pods.ErrBusy
+	DBusErrAlreadyRunning = DBusInterface + ".Error.AlreadyRunning"      // pods.ErrRunning
+	DBusErrNotRunning     = DBusInterface + ".Error.NotRunning"          // pods.ErrNotRunning
+	DBusErrNoCheckpoint   = DBusInterface + ".Error.NoCheckpoint"        // pods.ErrNoCheckpoint
+	DBusErrAccessDenied   = DBusInterface + ".Error.AccessDenied"        // caller is not root
+	DBusErrMigrated       = DBusInterface + ".Error.Migrated"            // pods.ErrMigrated
+	DBusErrPeerRefused    = DBusInterface + ".Error.PeerRefused"         // pods.ErrPeerRefused, peer.ErrRefused
+	DBusErrUnknownPeer    = DBusInterface + ".Error.UnknownPeer"         // peer.ErrUnknownPeer
+	DBusErrNoIdentity     = DBusInterface + ".Error.NoIdentity"          // peer.ErrNoIdentity
+	DBusErrIdentityExists = DBusInterface + ".Error.IdentityExists"      // peer.ErrIdentityExists
+	DBusErrNotSupported   = DBusInterface + ".Error.NotSupported"        // no Migrator or PeerRegistry configured
+	DBusErrStrategy       = DBusInterface + ".Error.StrategyUnavailable" // pods.ErrStrategy: this host cannot run the migration strategy asked for
+	DBusErrTooLate        = DBusInterface + ".Error.TooLate"             // cycle.ErrTooLate: the update cycle cannot be cancelled any more
+	DBusErrNoUpdates      = DBusInterface + ".Error.NoUpdates"           // cycle.ErrNoUpdates, cycle.ErrNothingToCancel
+	DBusErrAborted        = DBusInterface + ".Error.Aborted"             // cycle.ErrAborted: the cycle ended before the pods were away
+	DBusErrFailed         = DBusInterface + ".Error.Failed"              // anything else
 )
 
 // ErrBusNameTaken is returned by Claim when another connection owns
@@ -429,12 +430,13 @@ func (a *AgentObject) Status() (map[string]dbus.Variant, *dbus.Error) {
 	features := make(map[string]bool, len(a.info.Criu.Features))
 	maps.Copy(features, a.info.Criu.Features)
 	return map[string]dbus.Variant{
-		"version":       dbus.MakeVariant(a.info.Version),
-		"criu_path":     dbus.MakeVariant(a.info.Criu.Path),
-		"criu_version":  dbus.MakeVariant(a.info.Criu.Version),
-		"criu_features": dbus.MakeVariant(features),
-		"criu_error":    dbus.MakeVariant(a.info.Criu.Error),
-		"pods":          dbus.MakeVariant(uint32(len(a.mgr.List(a.ctx)))),
+		"version":              dbus.MakeVariant(a.info.Version),
+		"criu_path":            dbus.MakeVariant(a.info.Criu.Path),
+		"criu_version":         dbus.MakeVariant(a.info.Criu.Version),
+		"criu_features":        dbus.MakeVariant(features),
+		"criu_error":           dbus.MakeVariant(a.info.Criu.Error),
+		"migration_strategies": dbus.MakeVariant(strategyMap(a.info.Criu)),
+		"pods":                 dbus.MakeVariant(uint32(len(a.mgr.List(a.ctx)))),
 	}, nil
 }
 
@@ -465,7 +467,77 @@ func (a *AgentObject) Migrate(sender dbus.Sender, name, peerName string) (frozen
 	if derr != nil {
 		return 0, 0, 0, derr
 	}
-	return usec(res.Frozen), usec(res.Total), uint64(max(res.FileBytes, 0)) + uint64(max(res.ImageBytes, 0)) + uint64(max(res.PageBytes, 0)), nil
+	return usec(res.Frozen), usec(res.Total), migratedBytes(res), nil
+}
+
+// MigrateWith is Migrate with options (a{sv}); the only one so far is
+// "strategy" (s): "auto", "stop-and-copy", "post-copy" or "pre-copy",
+// overriding migration_strategy for this migration. A strategy this host
+// cannot run fails with DBusErrStrategy before anything moves; one the
+// peer cannot run makes the peer refuse (DBusErrPeerRefused). Unknown
+// options are refused (DBusErrInvalid), so that a client never believes
+// an option it misspelt took effect.
+func (a *AgentObject) MigrateWith(sender dbus.Sender, name, peerName string, options map[string]dbus.Variant) (frozenUsec, totalUsec, bytes uint64, derr *dbus.Error) {
+	var res pods.MigrationResult
+	var opts pods.MigrateOptions
+	derr = a.run(sender, "MigrateWith", []any{"pod", name, "peer", peerName, "options", options},
+		func() error {
+			var err error
+			opts, err = migrateOptions(options)
+			return errors.Join(checkPodName(name), checkPeerName(peerName), err)
+		},
+		func(ctx context.Context) error {
+			m, err := a.migration()
+			if err != nil {
+				return err
+			}
+			defer a.flush()
+			res, err = m.MigrateWith(ctx, name, peerName, opts, a.onProgress)
+			return err
+		})
+	if derr != nil {
+		return 0, 0, 0, derr
+	}
+	return usec(res.Frozen), usec(res.Total), migratedBytes(res), nil
+}
+
+// migrateOptions reads MigrateWith's options.
+func migrateOptions(options map[string]dbus.Variant) (pods.MigrateOptions, error) {
+	var opts pods.MigrateOptions
+	for _, k := range slices.Sorted(maps.Keys(options)) {
+		v := options[k]
+		switch k {
+		case "strategy":
+			s, ok := v.Value().(string)
+			if !ok {
+				return opts, fmt.Errorf("%w: option strategy must be a string (s), got %s", errInvalidArgument, v.Signature())
+			}
+			if !slices.Contains(pods.Strategies, s) {
+				return opts, fmt.Errorf("%w: unknown migration strategy %q (want one of %s)", errInvalidArgument, s, strings.Join(pods.Strategies, ", "))
+			}
+			opts.Strategy = s
+		default:
+			return opts, fmt.Errorf("%w: unknown migration option %q (known: strategy)", errInvalidArgument, k)
+		}
+	}
+	return opts, nil
+}
+
+// strategyMap says, for Status, which migration strategies this host can
+// run: each maps to "" or to why it cannot.
+func strategyMap(info CriuInfo) map[string]string {
+	ss := pods.ProbeStrategies(info)
+	out := map[string]string{}
+	for _, s := range pods.Strategies {
+		if s != pods.StrategyAuto {
+			out[s] = ss.Unavailable[s]
+		}
+	}
+	return out
+}
+
+func migratedBytes(res pods.MigrationResult) uint64 {
+	return uint64(max(res.FileBytes, 0)) + uint64(max(res.ImageBytes, 0)) + uint64(max(res.PageBytes, 0)) + uint64(max(res.PreCopyBytes, 0))
 }
 
 // Evacuate migrates every running pod to a pinned peer and returns the
@@ -769,6 +841,8 @@ func dbusError(err error) *dbus.Error {
 		name = DBusErrNotSupported
 	case errors.Is(err, peer.ErrUnknownPeer):
 		name = DBusErrUnknownPeer
+	case errors.Is(err, pods.ErrStrategy):
+		name = DBusErrStrategy
 	case errors.Is(err, pods.ErrPeerRefused), errors.Is(err, peer.ErrRefused), errors.Is(err, peer.ErrCertificateMismatch), errors.Is(err, peer.ErrUnpinnedPeer):
 		name = DBusErrPeerRefused
 	case errors.Is(err, peer.ErrNoIdentity):
@@ -1023,6 +1097,7 @@ func methodArgNames() map[string][]string {
 		"Restore":      {"name"},
 		"Status":       {"status"},
 		"Migrate":      {"name", "peer", "frozen_usec", "total_usec", "bytes"},
+		"MigrateWith":  {"name", "peer", "options", "frozen_usec", "total_usec", "bytes"},
 		"Evacuate":     {"peer", "migrated"},
 		"Return":       {"returned"},
 		"PeerInit":     {"force", "cert_pem", "fingerprint"},

@@ -211,6 +211,18 @@ func wantPhases() []string {
 	return out
 }
 
+// MigrateWith refuses pre-copy as a host without dirty-memory tracking
+// does; otherwise it records the call and migrates as Migrate.
+func (m *fakeManager) MigrateWith(ctx context.Context, name, peerName string, opts pods.MigrateOptions, progress func(pods.MigrationProgress)) (pods.MigrationResult, error) {
+	m.mu.Lock()
+	m.calls = append(m.calls, "MigrateWith "+name+" "+peerName+" "+opts.Strategy)
+	m.mu.Unlock()
+	if opts.Strategy == pods.StrategyPreCopy {
+		return pods.MigrationResult{}, fmt.Errorf("migrate %s: %w pre-copy cannot run on this host: no dirty tracking", name, pods.ErrStrategy)
+	}
+	return m.Migrate(ctx, name, peerName, progress)
+}
+
 func (m *fakeManager) Migrate(ctx context.Context, name, peerName string, progress func(pods.MigrationProgress)) (pods.MigrationResult, error) {
 	m.mu.Lock()
 	m.calls = append(m.calls, "Migrate "+name+" "+peerName)
@@ -551,6 +563,7 @@ func TestIntrospectionComplete(t *testing.T) {
 		"Restore":      "s/",
 		"Status":       "/a{sv}",
 		"Migrate":      "ss/ttt",
+		"MigrateWith":  "ssa{sv}/ttt",
 		"Evacuate":     "s/as",
 		"Return":       "/as",
 		"PeerInit":     "b/ss",
@@ -802,7 +815,14 @@ func TestDBusStatus(t *testing.T) {
 	if !maps.Equal(features, testInfo.Criu.Features) {
 		t.Errorf("criu_features = %v", m["criu_features"])
 	}
-	if len(m) != 6 {
+	if sig := m["migration_strategies"].Signature().String(); sig != "a{ss}" {
+		t.Errorf("migration_strategies has type %s, want a{ss}", sig)
+	}
+	strategies, _ := m["migration_strategies"].Value().(map[string]string)
+	if len(strategies) != 3 || strategies[pods.StrategyStopAndCopy] != "" {
+		t.Errorf("migration_strategies = %v", strategies)
+	}
+	if len(m) != 7 {
 		t.Errorf("Status keys = %v", slices.Sorted(maps.Keys(m)))
 	}
 }
@@ -924,6 +944,7 @@ func TestDBusIntrospectBusctl(t *testing.T) {
 		"Restore":           {"method", "s"},
 		"Status":            {"method", "-"},
 		"Migrate":           {"method", "ss"},
+		"MigrateWith":       {"method", "ssa{sv}"},
 		"Evacuate":          {"method", "s"},
 		"Return":            {"method", "-"},
 		"PeerInit":          {"method", "b"},
@@ -1332,6 +1353,48 @@ func TestDBusMigrateErrors(t *testing.T) {
 	wantDBusError(t, err, DBusErrMigrated)
 	if !strings.Contains(err.Error(), "pod runs on a peer hostc") {
 		t.Errorf("message %q", err)
+	}
+}
+
+func TestDBusMigrateWith(t *testing.T) {
+	h := newHarness(t)
+	opts := map[string]dbus.Variant{"strategy": dbus.MakeVariant("stop-and-copy")}
+	var frozen, total, size uint64
+	if err := h.call(t, "MigrateWith", "web", "hostb", opts).Store(&frozen, &total, &size); err != nil {
+		t.Fatalf("MigrateWith: %v", err)
+	}
+	if frozen != 812000 || size != 101<<20 {
+		t.Errorf("MigrateWith = frozen %d µs, %d bytes", frozen, size)
+	}
+	if got, want := h.mgr.callLog(), []string{"MigrateWith web hostb stop-and-copy", "Migrate web hostb"}; !slices.Equal(got, want) {
+		t.Errorf("manager calls %q, want %q", got, want)
+	}
+	// No options: the configured strategy.
+	h.mgr.addPod(pods.Status{Name: "kv", State: pods.StateRunning, Pid: 7})
+	if err := h.call(t, "MigrateWith", "kv", "hostb", map[string]dbus.Variant{}).Err; err != nil {
+		t.Fatalf("MigrateWith without options: %v", err)
+	}
+	if log := h.mgr.callLog(); !slices.Contains(log, "MigrateWith kv hostb ") {
+		t.Errorf("manager calls %q", log)
+	}
+
+	cases := []struct {
+		name    string
+		opts    map[string]dbus.Variant
+		errName string
+		msg     string
+	}{
+		{"unknown strategy", map[string]dbus.Variant{"strategy": dbus.MakeVariant("teleport")}, DBusErrInvalid, `unknown migration strategy "teleport"`},
+		{"strategy not a string", map[string]dbus.Variant{"strategy": dbus.MakeVariant(uint32(1))}, DBusErrInvalid, "option strategy must be a string"},
+		{"unknown option", map[string]dbus.Variant{"stratgey": dbus.MakeVariant("pre-copy")}, DBusErrInvalid, `unknown migration option "stratgey"`},
+		{"strategy this host cannot run", map[string]dbus.Variant{"strategy": dbus.MakeVariant("pre-copy")}, DBusErrStrategy, "migration strategy pre-copy cannot run on this host: no dirty tracking"},
+	}
+	for _, c := range cases {
+		err := h.call(t, "MigrateWith", "web", "hostb", c.opts).Err
+		wantDBusError(t, err, c.errName)
+		if err != nil && !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%s: message %q, want it to contain %q", c.name, err.Error(), c.msg)
+		}
 	}
 }
 

@@ -28,6 +28,8 @@ type CriuInfo = pods.CriuInfo
 // between hosts. *pods.Manager implements it.
 type Migrator interface {
 	Migrate(ctx context.Context, name, peer string, progress func(pods.MigrationProgress)) (pods.MigrationResult, error)
+	// MigrateWith is Migrate with per-migration options (the strategy).
+	MigrateWith(ctx context.Context, name, peer string, opts pods.MigrateOptions, progress func(pods.MigrationProgress)) (pods.MigrationResult, error)
 	Evacuate(ctx context.Context, peer string, progress func(pods.MigrationProgress)) ([]pods.MigrationResult, error)
 	Return(ctx context.Context, progress func(pods.MigrationProgress)) ([]string, error)
 }

@@ -3,6 +3,7 @@ package pods
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	criu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"github.com/checkpoint-restore/go-criu/v7/stats"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -188,6 +190,14 @@ type criuRequest struct {
 	// postDump runs when a dump has written its images (for a lazy dump:
 	// all but the memory, before the page server opens).
 	postDump func() error
+	// TrackMem makes a (pre-)dump use and reset the kernel's soft-dirty
+	// bits, so that the next one in a pre-copy series dumps only the
+	// pages written since.
+	TrackMem bool
+	// ParentImg is the previous (pre-)dump's images directory, relative
+	// to ImagesDir ("../precopy-1"): pages unchanged since then are
+	// recorded as being in the parent rather than dumped again.
+	ParentImg string
 }
 
 // dumpNotify calls postDump, then the inner notifications.
@@ -244,6 +254,13 @@ func (c criuRunner) fail(op string, r criuRequest, err error) error {
 // Dump checkpoints the process tree rooted at r.Pid into r.ImagesDir.
 // go-criu offers no cancellation; ctx is checked before starting.
 func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
+	cr := criu.MakeCriu()
+	cr.SetCriuPath(c.path)
+	return c.dump(ctx, cr, rpc.CriuReqType_DUMP, r)
+}
+
+// dump runs one dump or pre-dump (typ) on cr.
+func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType, r criuRequest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -259,6 +276,12 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	if r.FreezeCgroup != "" {
 		o.FreezeCgroup = proto.String(r.FreezeCgroup)
 	}
+	if r.TrackMem {
+		o.TrackMem = proto.Bool(true)
+	}
+	if r.ParentImg != "" {
+		o.ParentImg = proto.String(r.ParentImg)
+	}
 	for target := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+target)
 	}
@@ -269,8 +292,6 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	case r.PageServerAddr != "":
 		o.Ps = &rpc.CriuPageServerInfo{Address: proto.String(r.PageServerAddr), Port: proto.Int32(int32(r.PageServerPort))}
 	}
-	cr := criu.MakeCriu()
-	cr.SetCriuPath(c.path)
 	var nfy criu.Notify = criu.NoNotify{}
 	if r.notify != nil {
 		nfy = r.notify
@@ -278,10 +299,98 @@ func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	if r.postDump != nil {
 		nfy = dumpNotify{Notify: nfy, post: r.postDump}
 	}
-	if err := cr.Dump(o, nfy); err != nil {
-		return c.fail("dump", r, err)
+	op, call := "dump", cr.Dump
+	if typ == rpc.CriuReqType_PRE_DUMP {
+		op, call = "pre-dump", cr.PreDump
+	}
+	if err := call(o, nfy); err != nil {
+		return c.fail(op, r, err)
 	}
 	return nil
+}
+
+// criuSession is one CRIU service process (swrk) that runs a pre-copy
+// series: pre-dumps, then the final dump. CRIU's RPC wants the series on
+// one connection: after a PRE_DUMP it waits for the next PRE_DUMP or the
+// DUMP, and a connection closed in between makes it exit with an error
+// (go-criu's one-shot PreDump would report every pre-dump as failed).
+type criuSession struct {
+	c  criuRunner
+	cr *criu.Criu
+}
+
+func (c criuRunner) session() (*criuSession, error) {
+	cr := criu.MakeCriu()
+	cr.SetCriuPath(c.path)
+	if err := cr.Prepare(); err != nil {
+		return nil, fmt.Errorf("start criu swrk: %w", err)
+	}
+	return &criuSession{c: c, cr: cr}, nil
+}
+
+// PreDump copies the pod's memory into r.ImagesDir (or to its page
+// server) while the pod runs: CRIU stops the tasks only to collect their
+// pages. After a failure the session is over.
+func (s *criuSession) PreDump(ctx context.Context, r criuRequest) error {
+	return s.c.dump(ctx, s.cr, rpc.CriuReqType_PRE_DUMP, r)
+}
+
+// Dump is the series' final dump.
+func (s *criuSession) Dump(ctx context.Context, r criuRequest) error {
+	return s.c.dump(ctx, s.cr, rpc.CriuReqType_DUMP, r)
+}
+
+// Close ends the CRIU process. It exits with an error when the series
+// ended without its final dump, which is not news to the caller.
+func (s *criuSession) Close() error {
+	return s.cr.Cleanup()
+}
+
+// dumpStats reads what a (pre-)dump wrote into its stats-dump image. CRIU
+// writes it into its work directory, which is the images directory only
+// when no other is given: dirs are tried in order.
+func dumpStats(dirs ...string) (*stats.DumpStatsEntry, error) {
+	var data []byte
+	var err error
+	var dir string
+	for _, dir = range dirs {
+		if data, err = os.ReadFile(filepath.Join(dir, stats.StatsDump)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read CRIU's dump statistics: %w", err)
+	}
+	st, err := parseDumpStats(data)
+	if err != nil {
+		return nil, fmt.Errorf("read CRIU's dump statistics in %s: %w", dir, err)
+	}
+	return st, nil
+}
+
+// parseDumpStats decodes a stats-dump image: two magic numbers, the
+// payload's size, a StatsEntry. (go-criu's reader trusts the size.)
+func parseDumpStats(data []byte) (*stats.DumpStatsEntry, error) {
+	if len(data) < stats.PayloadOffset {
+		return nil, fmt.Errorf("stats image too short (%d bytes)", len(data))
+	}
+	if binary.LittleEndian.Uint32(data[stats.PrimaryMagicOffset:]) != stats.ImgServiceMagic ||
+		binary.LittleEndian.Uint32(data[stats.SecondaryMagicOffset:]) != stats.StatsMagic {
+		return nil, errors.New("not a CRIU stats image (bad magic)")
+	}
+	size := int64(binary.LittleEndian.Uint32(data[stats.SizeOffset:]))
+	if size > int64(len(data)-stats.PayloadOffset) {
+		return nil, fmt.Errorf("stats image truncated: %d payload bytes announced, %d present", size, len(data)-stats.PayloadOffset)
+	}
+	var st stats.StatsEntry
+	// Partial: only pages_written matters, whichever fields a CRIU writes.
+	if err := (proto.UnmarshalOptions{AllowPartial: true}).Unmarshal(data[stats.PayloadOffset:stats.PayloadOffset+size], &st); err != nil {
+		return nil, fmt.Errorf("stats image: %w", err)
+	}
+	if st.GetDump() == nil {
+		return nil, errors.New("stats image holds no dump statistics")
+	}
+	return st.GetDump(), nil
 }
 
 // CPUInfoDump writes this host's CPU description (cpuinfo.img) into dir.

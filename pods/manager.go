@@ -137,6 +137,8 @@ type Manager struct {
 	received map[string]bool
 	// pageServers are the page servers of post-copy migrations out.
 	pageServers map[string]pageServer
+	// precopy holds the stop rules of pre-copy migrations out.
+	precopy precopyPolicy
 
 	// fault, set only by tests, is handed CRIU's notifications so a test
 	// can make a real CRIU operation fail at a chosen step.
@@ -157,6 +159,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 
 		committed: map[string]bool{},
 		fault:     cfg.Fault,
+		precopy:   defaultPrecopyPolicy,
 	}
 	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "pods"), filepath.Join(cfg.StateDir, "init"), cfg.LogDir} {
 		if err := os.MkdirAll(d, 0o750); err != nil {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -108,14 +109,18 @@ type MigrationProgress struct {
 
 // MigrationResult describes a finished migration.
 type MigrationResult struct {
-	Pod        string        `json:"pod"`
-	Peer       string        `json:"peer"`
-	FileBytes  int64         `json:"file_bytes"`
-	ImageBytes int64         `json:"image_bytes"`
-	PageBytes  int64         `json:"page_bytes"` // post-copy: memory moved after the pod resumed
-	Strategy   string        `json:"strategy"`
-	Frozen     time.Duration `json:"frozen_ns"` // from isolating the pod to its exposure on the peer
-	Total      time.Duration `json:"total_ns"`
+	Pod        string `json:"pod"`
+	Peer       string `json:"peer"`
+	FileBytes  int64  `json:"file_bytes"`
+	ImageBytes int64  `json:"image_bytes"`
+	PageBytes  int64  `json:"page_bytes"` // post-copy: memory moved after the pod resumed
+	// PreCopyBytes is what the pre-copy rounds sent while the pod ran,
+	// in PreCopyRounds rounds.
+	PreCopyBytes  int64         `json:"precopy_bytes,omitempty"`
+	PreCopyRounds int           `json:"precopy_rounds,omitempty"`
+	Strategy      string        `json:"strategy"`
+	Frozen        time.Duration `json:"frozen_ns"` // from isolating the pod to its exposure on the peer
+	Total         time.Duration `json:"total_ns"`
 }
 
 // wire messages
@@ -196,10 +201,29 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(uts.Release[:])
 }
 
+// MigrateOptions are one migration's choices; the zero value takes the
+// configured defaults.
+type MigrateOptions struct {
+	// Strategy overrides ManagerConfig.MigrationStrategy: "auto" or one
+	// of Strategies; "" keeps the configured one.
+	Strategy string
+}
+
 // Migrate moves a running pod to the named peer: the pod keeps its
 // address, memory and TCP connections. Until the peer confirms a restore,
 // any failure resumes the pod here.
 func (m *Manager) Migrate(ctx context.Context, name, peer string, progress func(MigrationProgress)) (MigrationResult, error) {
+	return m.MigrateWith(ctx, name, peer, MigrateOptions{}, progress)
+}
+
+// MigrateWith is Migrate with per-migration options. A strategy that is
+// unknown or that this host cannot run fails at once (ErrStrategy),
+// before the peer is contacted.
+func (m *Manager) MigrateWith(ctx context.Context, name, peer string, opts MigrateOptions, progress func(MigrationProgress)) (MigrationResult, error) {
+	want := m.strategyFor(opts)
+	if err := m.checkStrategy(want); err != nil {
+		return MigrationResult{}, fmt.Errorf("migrate %s: %w", name, err)
+	}
 	p, err := m.claim(name, StateRunning)
 	if err != nil {
 		return MigrationResult{}, err
@@ -214,7 +238,30 @@ func (m *Manager) Migrate(ctx context.Context, name, peer string, progress func(
 		return MigrationResult{}, fmt.Errorf("migrate %s: %w", name, err)
 	}
 	defer conn.Close()
-	return m.migrateOut(ctx, p, conn, progress)
+	return m.migrateOut(ctx, p, conn, want, progress)
+}
+
+// strategyFor is the strategy a migration asks for.
+func (m *Manager) strategyFor(opts MigrateOptions) string {
+	if opts.Strategy != "" {
+		return opts.Strategy
+	}
+	if m.cfg.MigrationStrategy != "" {
+		return m.cfg.MigrationStrategy
+	}
+	return StrategyAuto
+}
+
+// checkStrategy refuses a strategy that is unknown or that this host
+// cannot run, with the reason.
+func (m *Manager) checkStrategy(want string) error {
+	if !slices.Contains(Strategies, want) {
+		return fmt.Errorf("%w %q is unknown (want one of %s)", ErrStrategy, want, strings.Join(Strategies, ", "))
+	}
+	if why, no := m.strategies.Unavailable[want]; no && want != StrategyAuto {
+		return fmt.Errorf("%w %s cannot run on this host: %s", ErrStrategy, want, why)
+	}
+	return nil
 }
 
 // Evacuate migrates every running pod to peer, one after another, and
@@ -310,7 +357,7 @@ func (m *Manager) ServePeer(ctx context.Context, conn MigrationConn) error {
 			return err
 		}
 		defer m.release(p)
-		_, err = m.migrateOut(ctx, p, conn, nil)
+		_, err = m.migrateOut(ctx, p, conn, m.strategyFor(MigrateOptions{}), nil)
 		return err
 	case "postcopy-status":
 		var ref txnRef
@@ -376,7 +423,7 @@ func (m *Manager) decision(txn, peer string) string {
 }
 
 // migrateOut runs the source side on conn. p is claimed by the caller.
-func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, progress func(MigrationProgress)) (res MigrationResult, err error) {
+func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, want string, progress func(MigrationProgress)) (res MigrationResult, err error) {
 	start := time.Now()
 	m.mu.Lock()
 	s, pid, initHash := p.spec, p.st.Pid, p.st.InitHash
@@ -391,6 +438,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		}
 	}
 	if err := checkpointable(s); err != nil {
+		conn.SendError(err)
+		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
+	}
+	if err := m.checkStrategy(want); err != nil {
 		conn.SendError(err)
 		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
 	}
@@ -418,7 +469,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		}
 	}
 	offer := migrateOffer{Neighbours: neighbours, Txn: txn, Pod: s, InitHash: initHash, CriuVersion: m.criuVersion, Kernel: kernelRelease(), Roots: roots,
-		Strategy: m.cfg.MigrationStrategy, Support: m.strategies}
+		Strategy: want, Support: m.strategies}
 	if err := conn.Send("migrate-offer", offer); err != nil {
 		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
 	}
@@ -439,6 +490,12 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		res.Strategy = StrategyStopAndCopy
 	}
 	lazy := res.Strategy == StrategyPostCopy
+	precopy := res.Strategy == StrategyPreCopy
+	if precopy && !acc.StreamPages {
+		err := errors.New("pre-copy: the peer has no page server for the rounds")
+		conn.SendError(err)
+		return res, fmt.Errorf("migrate %s to %s: %w", s.Name, peer, err)
+	}
 	var pagePort int
 	if lazy {
 		err := ensurePipeSize()
@@ -532,6 +589,28 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 		return rollback(err)
 	}
 
+	workDir := filepath.Join(m.podDir(s.Name), "criu-logs")
+	os.MkdirAll(workDir, 0o700)
+	fdir, _, _ := m.cg.freezerDir(s.Name)
+	// Pre-copy: rounds of pre-dumps move the memory while the pod runs;
+	// the final dump (same CRIU session) sends only what is still dirty.
+	var sess *criuSession
+	if precopy {
+		if sess, err = m.criu.session(); err != nil {
+			return rollback(err)
+		}
+		defer sess.Close()
+		base := criuRequest{WorkDir: workDir, Pid: pid, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash)}
+		res.PreCopyRounds, err = m.precopyOut(ctx, conn, sess, s.Name, work, txn, base, func(n int64) {
+			sent += n
+			res.PreCopyBytes += n
+			report(PhasePreCopy)
+		})
+		if err != nil {
+			return rollback(err)
+		}
+	}
+
 	// 3. Freeze: cut the pod off the network, freeze it, dump it; it stays
 	// frozen here until the peer has it or the migration is undone.
 	report(PhaseFreeze)
@@ -548,15 +627,12 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	}
 	imgDir := filepath.Join(work, "images")
 	os.Mkdir(imgDir, 0o700)
-	workDir := filepath.Join(m.podDir(s.Name), "criu-logs")
-	os.MkdirAll(workDir, 0o700)
 	// Frozen through its cgroup, the pod stays frozen after a dump that
 	// leaves it "running": CRIU then hands its TCP sockets back to the
 	// kernel intact, so that a rollback simply thaws it.
 	if err := m.cg.freeze(s.Name, true); err != nil {
 		return rollback(err)
 	}
-	fdir, _, _ := m.cg.freezerDir(s.Name)
 	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
 		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash)}
 	if m.fault != nil {
@@ -594,7 +670,12 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 			}
 			req.PageServerAddr, req.PageServerPort, relayDone = "127.0.0.1", port, done
 		}
-		if err := m.criu.Dump(ctx, req); err != nil {
+		dump := m.criu.Dump
+		if precopy {
+			req.TrackMem, req.ParentImg = true, parentOf(res.PreCopyRounds+1)
+			dump = sess.Dump
+		}
+		if err := dump(ctx, req); err != nil {
 			return rollback(err)
 		}
 		if relayDone != nil {
@@ -751,7 +832,8 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, pr
 	res.Total = time.Since(start)
 	report(PhaseDone)
 	m.cfg.Log.Info("pod migrated", "pod", s.Name, "peer", peer, "strategy", res.Strategy, "frozen", res.Frozen, "total", res.Total,
-		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes, "page_bytes", res.PageBytes)
+		"file_bytes", res.FileBytes, "image_bytes", res.ImageBytes, "page_bytes", res.PageBytes,
+		"precopy_rounds", res.PreCopyRounds, "precopy_bytes", res.PreCopyBytes)
 	return res, nil
 }
 
@@ -870,6 +952,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		}
 	}
 	lazy := strategy == StrategyPostCopy
+	precopy := strategy == StrategyPreCopy
 
 	// Register the pod: a new guest, or one of ours coming home.
 	m.mu.Lock()
@@ -924,9 +1007,13 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	os.Mkdir(imgDir, 0o700)
 	var pagesIn *tally
 	var psDone <-chan error
-	if !lazy {
+	if precopy {
+		// The rounds' page servers, then the final one, start as the
+		// source asks; page servers are the only way pre-copy moves pages.
+		defer m.dropPageServer(offer.Txn)
+	} else if !lazy {
 		if port, err := freePort(); err == nil {
-			ps, err := m.criu.startPageServer(ctx, imgDir, work, "127.0.0.1", port)
+			ps, err := m.criu.startPageServer(ctx, imgDir, "", work, "page-server.log", "127.0.0.1", port)
 			if err != nil {
 				m.cfg.Log.Warn("cannot receive pages from a page server; the source sends image files", "pod", s.Name, "err", err)
 			} else {
@@ -939,7 +1026,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	}
 	initPath := m.initPath(offer.InitHash)
 	_, statErr := os.Stat(initPath)
-	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil}); err != nil {
+	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil || precopy}); err != nil {
 		return fail(err)
 	}
 	if statErr != nil {
@@ -956,6 +1043,15 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		}
 		if err := conn.Send("files-ok", nil); err != nil {
 			return fail(err)
+		}
+		if pass == 0 && precopy {
+			// Between the bulk copy of files and the freeze: the rounds.
+			if daemon, pagesIn, psDone, err = m.precopyIn(ctx, conn, s.Name, offer.Txn, work, imgDir, func(n int64) {
+				received += n
+				report(PhasePreCopy)
+			}); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	if err := m.faultAt("recv-images"); err != nil {

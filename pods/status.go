@@ -67,6 +67,10 @@ var (
 	ErrMigrated     = errors.New("pod runs on a peer")
 	ErrPeerRefused  = errors.New("peer refused the migration")
 	ErrBusy         = errors.New("pod is busy with another operation")
+	// ErrStrategy: the migration strategy asked for is unknown, or this
+	// host cannot run it. Its text starts the message: "migration
+	// strategy pre-copy cannot run on this host: why".
+	ErrStrategy = errors.New("migration strategy")
 	// ErrNotCheckpointable: this host cannot checkpoint the pod (see the message).
 	ErrNotCheckpointable = errors.New("pod cannot be checkpointed on this host")
 )

@@ -2,6 +2,7 @@ package pods
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -61,8 +62,6 @@ func ProbeStrategies(info CriuInfo) StrategySupport {
 	}
 	if !info.Features["mem_dirty_track"] {
 		ss.Unavailable[StrategyPreCopy] = "the kernel does not track dirty memory (CONFIG_MEM_SOFT_DIRTY; `criu check --feature mem_dirty_track` fails)"
-	} else {
-		ss.Unavailable[StrategyPreCopy] = "pre-copy is not implemented yet"
 	}
 	if !info.Features["uffd-noncoop"] {
 		ss.Unavailable[StrategyPostCopy] = "the kernel lacks non-cooperative userfaultfd (`criu check --feature uffd-noncoop` fails)"
@@ -70,12 +69,18 @@ func ProbeStrategies(info CriuInfo) StrategySupport {
 	return ss
 }
 
+// autoOrder is what "auto" tries, best first. Post-copy's freeze does not
+// grow with the pod's memory at all; pre-copy's grows with what the pod
+// writes during the last round only, but it moves some memory more than
+// once; stop-and-copy's grows with all of the memory.
+var autoOrder = []string{StrategyPostCopy, StrategyPreCopy, StrategyStopAndCopy}
+
 // pickStrategy resolves the configured strategy against what this host
 // (local) and the peer (remote) can run. A strategy asked for by name
 // that either side cannot run is an error that names the reason.
 func pickStrategy(want string, local, remote StrategySupport) (string, error) {
 	if want == "" || want == StrategyAuto {
-		for _, s := range []string{StrategyPostCopy, StrategyStopAndCopy} {
+		for _, s := range autoOrder {
 			if local.Can(s) && remote.Can(s) {
 				return s, nil
 			}
@@ -136,10 +141,23 @@ func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr stri
 
 // startPageServer runs `criu page-server` on addr:port, writing the pages
 // a dump sends into dir; it returns once the server listens, and ends
-// after one dump.
-func (c criuRunner) startPageServer(ctx context.Context, dir, workDir, addr string, port int) (*criuDaemon, error) {
-	return c.startDaemon(ctx, workDir, "page-server.log", "page-server", "-D", dir, "-W", workDir,
-		"--address", addr, "--port", strconv.Itoa(port))
+// after one dump. With a parent (the previous pre-copy round's directory,
+// relative to dir) the server links dir to it, as the dump's own images
+// directory is linked: the dump asks the server whether a parent exists
+// before it sends only the pages written since, and the restore follows
+// the link to the pages that were not sent again.
+func (c criuRunner) startPageServer(ctx context.Context, dir, parent, workDir, logName, addr string, port int) (*criuDaemon, error) {
+	args := []string{"page-server", "-D", dir, "-W", workDir, "--address", addr, "--port", strconv.Itoa(port)}
+	if parent != "" {
+		// CRIU 4.1 and 4.2 make this link themselves from
+		// --prev-images-dir (and accept one that exists); made here too,
+		// it cannot be missing whatever the version does.
+		if err := os.Symlink(parent, filepath.Join(dir, "parent")); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("link the images in %s to their parent: %w", dir, err)
+		}
+		args = append(args, "--prev-images-dir", parent)
+	}
+	return c.startDaemon(ctx, workDir, logName, args...)
 }
 
 func (c criuRunner) startDaemon(ctx context.Context, workDir, logName string, args ...string) (*criuDaemon, error) {

@@ -15,6 +15,10 @@ func TestProbeStrategies(t *testing.T) {
 	if !strings.Contains(ss.Unavailable[StrategyPreCopy], "dirty memory") {
 		t.Errorf("pre-copy reason: %q", ss.Unavailable[StrategyPreCopy])
 	}
+	ss = ProbeStrategies(CriuInfo{Version: "4.1.1", Features: map[string]bool{"uffd-noncoop": true, "mem_dirty_track": true}})
+	if !ss.Can(StrategyPreCopy) || !ss.Can(StrategyPostCopy) || !ss.Can(StrategyStopAndCopy) {
+		t.Errorf("uffd and dirty tracking: %+v", ss)
+	}
 	ss = ProbeStrategies(CriuInfo{Version: "4.2.1", Features: map[string]bool{}})
 	if ss.Can(StrategyPostCopy) || !strings.Contains(ss.Unavailable[StrategyPostCopy], "userfaultfd") {
 		t.Errorf("no uffd: %+v", ss)
@@ -28,7 +32,9 @@ func TestProbeStrategies(t *testing.T) {
 func TestPickStrategy(t *testing.T) {
 	all := StrategySupport{}
 	noLazy := StrategySupport{Unavailable: map[string]string{StrategyPostCopy: "no uffd"}}
-	broken := StrategySupport{Unavailable: map[string]string{StrategyPostCopy: "x", StrategyStopAndCopy: "criu broken"}}
+	noDirty := StrategySupport{Unavailable: map[string]string{StrategyPreCopy: "no soft-dirty"}}
+	onlyStop := StrategySupport{Unavailable: map[string]string{StrategyPostCopy: "no uffd", StrategyPreCopy: "no soft-dirty"}}
+	broken := StrategySupport{Unavailable: map[string]string{StrategyPostCopy: "x", StrategyPreCopy: "x", StrategyStopAndCopy: "criu broken"}}
 	for _, c := range []struct {
 		want          string
 		local, remote StrategySupport
@@ -36,12 +42,20 @@ func TestPickStrategy(t *testing.T) {
 	}{
 		{"auto", all, all, StrategyPostCopy, ""},
 		{"", all, all, StrategyPostCopy, ""},
-		{"auto", all, noLazy, StrategyStopAndCopy, ""},
-		{"auto", noLazy, all, StrategyStopAndCopy, ""},
+		{"auto", all, noLazy, StrategyPreCopy, ""},
+		{"auto", noLazy, all, StrategyPreCopy, ""},
 		{"auto", broken, all, "", "no migration strategy runs on both hosts"},
 		{StrategyPostCopy, all, noLazy, "", "cannot run on the peer: no uffd"},
 		{StrategyPostCopy, noLazy, all, "", "cannot run on this host: no uffd"},
 		{StrategyStopAndCopy, all, noLazy, StrategyStopAndCopy, ""},
+		// auto: post-copy, then pre-copy, then stop-and-copy
+		{"auto", noLazy, noLazy, StrategyPreCopy, ""},
+		{"auto", noLazy, noDirty, StrategyStopAndCopy, ""},
+		{"auto", onlyStop, all, StrategyStopAndCopy, ""},
+		{"auto", noDirty, all, StrategyPostCopy, ""},
+		{StrategyPreCopy, all, all, StrategyPreCopy, ""},
+		{StrategyPreCopy, noDirty, all, "", "pre-copy cannot run on this host: no soft-dirty"},
+		{StrategyPreCopy, all, noDirty, "", "pre-copy cannot run on the peer: no soft-dirty"},
 	} {
 		got, err := pickStrategy(c.want, c.local, c.remote)
 		if got != c.got || (err == nil) != (c.err == "") || (err != nil && !strings.Contains(err.Error(), c.err)) {

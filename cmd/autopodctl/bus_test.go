@@ -48,6 +48,8 @@ type fakeManager struct {
 	// noise is reported before a migration's own progress, as another
 	// client's concurrent migration would be.
 	noise []pods.MigrationProgress
+	// strategies are those MigrateWith was asked for, in order.
+	strategies []string
 }
 
 func (m *fakeManager) List(context.Context) []pods.Status {
@@ -111,6 +113,18 @@ const (
 	fakeFileBytes  = 1 << 20
 	fakeImageBytes = 115_657_523 - fakeFileBytes
 )
+
+// MigrateWith refuses pre-copy as a host without dirty-memory tracking
+// does, records the strategy asked for, and migrates as Migrate.
+func (m *fakeManager) MigrateWith(ctx context.Context, name, peerName string, opts pods.MigrateOptions, progress func(pods.MigrationProgress)) (pods.MigrationResult, error) {
+	m.mu.Lock()
+	m.strategies = append(m.strategies, opts.Strategy)
+	m.mu.Unlock()
+	if opts.Strategy == pods.StrategyPreCopy {
+		return pods.MigrationResult{}, fmt.Errorf("migrate %s: %w pre-copy cannot run on this host: the kernel does not track dirty memory", name, pods.ErrStrategy)
+	}
+	return m.Migrate(ctx, name, peerName, progress)
+}
 
 func (m *fakeManager) Migrate(_ context.Context, name, peerName string, progress func(pods.MigrationProgress)) (pods.MigrationResult, error) {
 	m.mu.Lock()
@@ -519,6 +533,28 @@ func TestCLIMigrate(t *testing.T) {
 	code, _, errOut = h.ctl(t, "migrate", "web")
 	if code != exitUsage || !strings.Contains(errOut, "migrate needs option --to") {
 		t.Errorf("migrate without --to: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestCLIMigrateStrategy(t *testing.T) {
+	if !slices.Equal(strategies, pods.Strategies) {
+		t.Fatalf("--strategy takes %q, the agent knows %q", strategies, pods.Strategies)
+	}
+	h := newCLIHarness(t)
+	code, out, errOut := h.ctl(t, "migrate", "web", "--to", "hostb", "--strategy", "pre-copy")
+	if code != exitFailed || out != "" || errOut != "autopodctl: migrate web: migration strategy pre-copy cannot run on this host: the kernel does not track dirty memory\n" {
+		t.Errorf("--strategy pre-copy: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ = h.ctl(t, "--json", "migrate", "web", "--to", "hostb", "--strategy", "stop-and-copy")
+	var res migrateResult
+	if code != exitOK || json.Unmarshal([]byte(out), &res) != nil || res.Strategy != "stop-and-copy" || res.Bytes != 115_657_523 {
+		t.Errorf("--strategy stop-and-copy: exit %d\n%s", code, out)
+	}
+	h.mgr.mu.Lock()
+	got := slices.Clone(h.mgr.strategies)
+	h.mgr.mu.Unlock()
+	if want := []string{"pre-copy", "stop-and-copy"}; !slices.Equal(got, want) {
+		t.Errorf("MigrateWith strategies %q, want %q", got, want)
 	}
 }
 

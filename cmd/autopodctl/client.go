@@ -135,6 +135,9 @@ type agentStatus struct {
 	Version string   `json:"version"`
 	Criu    criuInfo `json:"criu"`
 	Pods    uint32   `json:"pods"`
+	// Strategies maps each migration strategy to "" (this host can run
+	// it) or to why it cannot; absent from agents that predate it.
+	Strategies map[string]string `json:"migration_strategies,omitempty"`
 	// Update is the update cycle (the agent's UpdateStatusJSON); nil when
 	// the agent runs without one.
 	Update *cycle.Status `json:"update,omitempty"`
@@ -163,6 +166,9 @@ func (c *agentClient) status(ctx context.Context) (agentStatus, error) {
 	}
 	if f, ok := m["criu_features"].Value().(map[string]bool); ok {
 		st.Criu.Features = f
+	}
+	if s, ok := m["migration_strategies"].Value().(map[string]string); ok {
+		st.Strategies = s
 	}
 	if n, ok := m["pods"].Value().(uint32); ok {
 		st.Pods = n
@@ -380,11 +386,21 @@ type migrateResult struct {
 	FrozenUsec uint64 `json:"frozen_usec"`
 	TotalUsec  uint64 `json:"total_usec"`
 	Bytes      uint64 `json:"bytes"`
+	Strategy   string `json:"strategy,omitempty"` // as asked for with --strategy
 }
 
-func (c *agentClient) migrate(ctx context.Context, w *progressWatch, show func(migrationProgress), name, peerName string) (migrateResult, error) {
-	res := migrateResult{Pod: name, Peer: peerName}
-	err := c.callWithProgress(ctx, w, show, "Migrate", name, peerName).Store(&res.FrozenUsec, &res.TotalUsec, &res.Bytes)
+// migrate calls Migrate, or MigrateWith when a strategy is given, so that
+// a plain migrate works with agents that predate MigrateWith.
+func (c *agentClient) migrate(ctx context.Context, w *progressWatch, show func(migrationProgress), name, peerName, strategy string) (migrateResult, error) {
+	res := migrateResult{Pod: name, Peer: peerName, Strategy: strategy}
+	var call *dbus.Call
+	if strategy == "" {
+		call = c.callWithProgress(ctx, w, show, "Migrate", name, peerName)
+	} else {
+		options := map[string]dbus.Variant{"strategy": dbus.MakeVariant(strategy)}
+		call = c.callWithProgress(ctx, w, show, "MigrateWith", name, peerName, options)
+	}
+	err := call.Store(&res.FrozenUsec, &res.TotalUsec, &res.Bytes)
 	return res, err
 }
 

@@ -188,8 +188,8 @@ default timeout is 5 minutes.`,
 		{
 			name:     "migrate",
 			args:     []string{"NAME"},
-			flags:    "--to PEER",
-			accepts:  []string{"to"},
+			flags:    "--to PEER [--strategy S]",
+			accepts:  []string{"to", "strategy"},
 			requires: []string{"to"},
 			timeout:  defaultMigrationTimeout,
 			root:     true,
@@ -202,12 +202,21 @@ address, which moves to the peer, and its established TCP connections;
 packets that reach it while it is frozen are held and delivered on the
 peer, so clients see a pause of about the "frozen" time in the result.
 
-With the post-copy strategy (migration_strategy in autopod.toml; "auto"
+How the memory moves is the strategy: migration_strategy in
+autopod.toml, or --strategy for this migration. With post-copy ("auto"
 picks it where both hosts can run it) the pod resumes on the peer before
 its memory has moved, which then follows while it runs: the freeze no
 longer grows with the pod's memory. Should that transfer fail, the
 peer's incomplete copy is destroyed and the pod resumes here as it was
-when frozen. With stop-and-copy all of it moves during the freeze.
+when frozen. With pre-copy ("auto"'s second choice) the memory is copied
+in rounds while the pod runs, each round sending what the pod wrote
+during the one before (the kernel's soft-dirty tracking), until a round
+is small or stops shrinking (at most 5 rounds); the freeze then moves
+only what is still dirty. With stop-and-copy all of it moves during the
+freeze. "autopodctl status" lists the strategies this host can run and
+why not the others; a strategy this host cannot run fails at once, one
+the peer cannot run makes the peer refuse, both before anything is
+frozen.
 
 The pod's copy here is destroyed only after the peer confirmed the
 restore. Any failure before that (peer unreachable or refusing, link cut,
@@ -225,7 +234,10 @@ stop the migration: the agent completes it or rolls it back; "autopodctl
 pod NAME" tells which.`,
 			options: `--to PEER
     The pinned peer to move the pod to (required). "autopodctl peer list"
-    shows the names.`,
+    shows the names.
+--strategy S
+    How to move the pod's memory this time: auto, stop-and-copy,
+    post-copy or pre-copy. Default: migration_strategy in autopod.toml.`,
 			output: `One line each time the migration enters a phase, with the bytes sent so
 far, then the result: how long the pod was frozen, how long the whole
 migration took, and the bytes sent:
@@ -238,15 +250,19 @@ migration took, and the bytes sent:
   kv → hostb: commit 109.3 MiB
   kv → hostb: done 110.3 MiB
   migrated kv to hostb: frozen 812 ms, total 1.9 s, 110.3 MiB
-Phases, in order: offer, files, freeze, dump, files-delta, images,
-restore, memory (post-copy only: the pod runs on the peer while its
-memory follows), commit, done; rollback when a failure resumes the pod
-here. With --json, no progress, only the result:
-  {"pod": "kv", "peer": "hostb", "frozen_usec": N, "total_usec": N, "bytes": N}`,
+Phases, in order: offer, files, pre-copy (pre-copy only, once per
+round, while the pod still runs here), freeze, dump, files-delta,
+images, restore, memory (post-copy only: the pod runs on the peer while
+its memory follows), commit, done; rollback when a failure resumes the
+pod here. With --json, no progress, only the result:
+  {"pod": "kv", "peer": "hostb", "frozen_usec": N, "total_usec": N, "bytes": N}
+(and "strategy" when --strategy was given).`,
 			dbus: `org.autopod.Agent1.Migrate(s name, s peer) -> (t frozen_usec, t total_usec, t bytes)
+org.autopod.Agent1.MigrateWith(s name, s peer, a{sv} options) -> (as Migrate)
+    (with --strategy: options {"strategy": <s S>})
 signal org.autopod.Agent1.MigrationProgress(s pod, s peer, s phase, t bytes)
     (subscribed to before the call, from the agent's unique bus name)`,
-			example: "sudo autopodctl migrate kv --to hostb\nsudo autopodctl --json migrate kv --to hostb | jq '.frozen_usec / 1000'",
+			example: "sudo autopodctl migrate kv --to hostb\nsudo autopodctl migrate kv --to hostb --strategy pre-copy\nsudo autopodctl --json migrate kv --to hostb | jq '.frozen_usec / 1000'",
 		},
 		{
 			name:     "evacuate",
@@ -606,6 +622,11 @@ OPTIONS
 
     --to PEER
         migrate and evacuate: the pinned peer to move pods to.
+
+    --strategy S
+        migrate only: the migration strategy for this migration (auto,
+        stop-and-copy, post-copy, pre-copy) instead of the agent's
+        migration_strategy.
 
     --force
         peer init only: replace an existing identity.

@@ -34,6 +34,7 @@ type options struct {
 	bus          string        // "" : DBUS_SYSTEM_BUS_ADDRESS, then the standard socket
 	leaveRunning bool
 	to           string // --to PEER: migrate, evacuate
+	strategy     string // --strategy S: migrate ("" : the agent's migration_strategy)
 	force        bool   // peer init
 	cert         string // --cert FILE: peer add
 	dryRun       bool   // update
@@ -46,6 +47,10 @@ type options struct {
 	command string   // canonical command name; "" only with help
 	args    []string // positional arguments after the command
 }
+
+// strategies are the migration strategies --strategy takes (the agent's
+// pods.Strategies; a test keeps the two equal).
+var strategies = []string{"auto", "stop-and-copy", "post-copy", "pre-copy"}
 
 // usageError is a command line autopodctl cannot act on (exit status 2).
 type usageError struct{ msg string }
@@ -134,6 +139,11 @@ func parseArgs(args []string) (options, error) {
 		case "to":
 			if opts.to, err = needValue(); err == nil && opts.to == "" {
 				err = usagef("option --to needs a peer name")
+			}
+			set(name, true)
+		case "strategy":
+			if opts.strategy, err = needValue(); err == nil && !slices.Contains(strategies, opts.strategy) {
+				err = usagef("option --strategy: %q is not one of %s", opts.strategy, strings.Join(strategies, ", "))
 			}
 			set(name, true)
 		case "cert":

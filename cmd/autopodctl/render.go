@@ -84,9 +84,38 @@ func renderStatus(w io.Writer, st agentStatus) error {
 	if st.Criu.Error != "" {
 		fmt.Fprintf(tw, "CRIU error:\t%s\n", oneLine(st.Criu.Error))
 	}
+	if len(st.Strategies) > 0 {
+		fmt.Fprintf(tw, "Migration:\t%s\n", strategyList(st.Strategies))
+		for _, s := range slices.Sorted(maps.Keys(st.Strategies)) {
+			if why := st.Strategies[s]; why != "" {
+				fmt.Fprintf(tw, "  %s:\t%s\n", s, oneLine(why))
+			}
+		}
+	}
 	fmt.Fprintf(tw, "Pods:\t%d\n", st.Pods)
 	renderUpdateStatus(tw, st.Update, time.Now())
 	return tw.Flush()
+}
+
+// strategyList names the strategies this host can run, then those it
+// cannot ("unavailable"); the reasons follow on their own lines.
+func strategyList(m map[string]string) string {
+	var yes, no []string
+	for _, s := range slices.Sorted(maps.Keys(m)) {
+		if m[s] == "" {
+			yes = append(yes, s)
+		} else {
+			no = append(no, s)
+		}
+	}
+	out := strings.Join(yes, ", ")
+	if out == "" {
+		out = "none"
+	}
+	if len(no) > 0 {
+		out += " (unavailable: " + strings.Join(no, ", ") + ")"
+	}
+	return out
 }
 
 // featureList puts the supported features first, so the line answers

@@ -65,6 +65,20 @@ func TestRenderStatus(t *testing.T) {
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 
+	// With the agent's migration strategies.
+	b.Reset()
+	st.Strategies = map[string]string{"stop-and-copy": "", "post-copy": "", "pre-copy": "the kernel does not track dirty memory"}
+	if err := renderStatus(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	if want := "" +
+		"Migration:      post-copy, stop-and-copy (unavailable: pre-copy)\n" +
+		"  pre-copy:     the kernel does not track dirty memory\n" +
+		"Pods:           3\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("got:\n%s\nwant it to contain:\n%s", b.String(), want)
+	}
+	st.Strategies = nil
+
 	// With an update cycle waiting for a blocked reboot.
 	b.Reset()
 	st.Update = &cycle.Status{

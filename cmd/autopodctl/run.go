@@ -219,7 +219,7 @@ func runMigration(ctx context.Context, c *agentClient, opts options, w io.Writer
 
 	switch opts.command {
 	case "migrate":
-		res, err := c.migrate(ctx, watch, show, opts.args[0], opts.to)
+		res, err := c.migrate(ctx, watch, show, opts.args[0], opts.to, opts.strategy)
 		if err != nil {
 			return err
 		}
