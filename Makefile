@@ -152,13 +152,16 @@ test-packaging:
 clean:
 	rm -rf $(BIN)
 
-# End-to-end tier (the VM issue; not in `make test` yet): two qemu guests
-# (Debian trixie, systemd, their own kernel) install the .deb;
-# scripts/vm-image.sh builds the guest image once into
-# /var/cache/autopod-test/vm. Needs root, the Debian archive on the first
-# run, and several minutes (TCG). So far: boot, install, activation, the
-# private link, a real reboot; not yet the migration and the kernel update.
+# End-to-end tier (test/vm): two qemu guests (Debian trixie, systemd, their
+# own kernel) install the .deb built from this checkout; a redis pod moves
+# between them with each strategy, then unattended-upgrades installs a newer
+# kernel on one, which autopod evacuates, reboots and brings back.
+# scripts/vm-image.sh and scripts/vm-kernel-repo.sh cache the guest image
+# and the kernel packages in /var/cache/autopod-test/vm. Needs root, the
+# Debian archive on the first run, and 10-20 minutes (TCG). The phase and
+# pause table goes to the log and to $(E2E_REPORT).
+E2E_REPORT ?= build/e2e-report.md
 .PHONY: e2e
 e2e: deps
 	AUTOPOD_DEPS_E2E=1 scripts/deps.sh
-	$(GO) test -tags e2e -count=1 -timeout 30m -v ./test/vm/
+	AUTOPOD_E2E_REPORT=$(abspath $(E2E_REPORT)) $(GO) test -tags e2e -count=1 -timeout 45m -v ./test/vm/

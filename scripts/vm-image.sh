@@ -18,10 +18,12 @@
 # sparse copies).
 #
 # What is in the guest (see ../shared/notes/vm-testbed.md): trixie minbase
-# with systemd as PID 1, D-Bus, logind, the distribution kernel, CRIU, redis,
+# with systemd as PID 1, D-Bus, logind, bookworm's kernel (the update the
+# tests offer is trixie's), CRIU, redis,
 # unattended-upgrades and ssh. Two units are ours:
 #   autopod-e2e-net.service    configures the NICs from the kernel command
-#                              line (autopod.e2e.net=MAC=ADDR/LEN[,...] and
+#                              line (autopod.e2e.net=MAC=ADDR/LEN[,...],
+#                              autopod.e2e.bridge=BRIDGE=MAC=ADDR/LEN and
 #                              autopod.e2e.gw=ADDR), so one image serves every
 #                              guest and the configuration survives reboots;
 #   autopod-e2e-booted.service prints "BOOTED $(uname -r)" on ttyS0 once
@@ -31,12 +33,17 @@
 set -euo pipefail
 
 SUITE=trixie
+# The guest boots the previous stable release's kernel, so that its own
+# release's kernel (scripts/vm-kernel-repo.sh) is a real update: a newer
+# series that the guest's CRIU supports. trixie-backports' 7.x kernels were
+# tried first; CRIU 4.1.1 cannot restore a pod's mount namespace on them.
+KERNEL_SUITE=bookworm
 MIRROR=${AUTOPOD_TEST_MIRROR:-http://deb.debian.org/debian}
 CACHE=${AUTOPOD_TEST_CACHE:-/var/cache/autopod-test}/vm
 IMAGE_SIZE=4G # sparse; room for a kernel update (~125 MB of .debs, unpacked twice that)
 PACKAGES=(
   systemd systemd-sysv dbus libpam-systemd udev
-  linux-image-amd64 initramfs-tools zstd kmod
+  initramfs-tools zstd kmod
   criu redis-server unattended-upgrades openssh-server
   iproute2 nftables iputils-arping iputils-ping netcat-openbsd procps e2fsprogs
 )
@@ -62,7 +69,7 @@ done
 self=$(readlink -f "$0")
 inputs=$(
   printf 'script-sha256=%s\n' "$(sha256sum "$self" | cut -d' ' -f1)"
-  printf 'suite=%s\nmirror=%s\nsize=%s\n' "$SUITE" "$MIRROR" "$IMAGE_SIZE"
+  printf 'suite=%s\nkernel-suite=%s\nmirror=%s\nsize=%s\n' "$SUITE" "$KERNEL_SUITE" "$MIRROR" "$IMAGE_SIZE"
   printf 'packages=%s\n' "${PACKAGES[*]}"
   printf 'initramfs-modules=%s\n' "${INITRAMFS_MODULES[*]}"
   printf 'debootstrap=%s\n' "$(dpkg-query -W -f='${Version}' debootstrap)"
@@ -112,6 +119,32 @@ if ! chroot "$root" /debootstrap/debootstrap --second-stage >"$work/second-stage
 fi
 phase "debootstrap configure"
 
+# The kernel: $KERNEL_SUITE's linux-image-amd64, fetched on this host by apt
+# (resolved against the guest's package database) and installed with dpkg.
+kapt=(apt-get -q
+  -o Dir::Etc::SourceList="$work/kernel.list" -o Dir::Etc::SourceParts=/dev/null
+  -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
+  -o Dir::State::Lists="$work/klists" -o Dir::State::status="$root/var/lib/dpkg/status"
+  -o Dir::Cache="$work" -o Dir::Cache::Archives="$work/kdebs"
+  -o APT::Architecture=amd64 -o Debug::NoLocking=1 -o APT::Install-Recommends=false)
+mkdir -p "$work/klists/partial" "$work/kdebs/partial"
+printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' "$MIRROR" "$KERNEL_SUITE" >"$work/kernel.list"
+if ! { "${kapt[@]}" update && "${kapt[@]}" -y -d install linux-image-amd64; } >"$work/kernel.log" 2>&1; then
+  tail -n 30 "$work/kernel.log" >&2
+  die "could not fetch $KERNEL_SUITE's linux-image-amd64"
+fi
+mkdir -p "$root/tmp/kernel"
+cp "$work/kdebs/"*.deb "$root/tmp/kernel/"
+mount -t proc proc "$root/proc"
+if ! chroot "$root" sh -c 'dpkg -i /tmp/kernel/*.deb' >"$work/kernel-install.log" 2>&1; then
+  umount "$root/proc"
+  tail -n 30 "$work/kernel-install.log" >&2
+  die "dpkg -i of $KERNEL_SUITE's kernel in the image failed"
+fi
+umount "$root/proc"
+rm -rf "$root/tmp/kernel"
+phase "kernel ($KERNEL_SUITE)"
+
 # --- guest configuration --------------------------------------------------
 echo autopod-e2e >"$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 autopod-e2e\n' >"$root/etc/hosts"
@@ -129,21 +162,38 @@ cat >"$root/usr/local/sbin/autopod-e2e-net" <<'EOF'
 #!/bin/sh
 # Configure NICs from the kernel command line:
 #   autopod.e2e.net=MAC=ADDR/LEN[,MAC=ADDR/LEN...]  autopod.e2e.gw=ADDR
+#   autopod.e2e.bridge=BRIDGE=MAC=ADDR/LEN: a bridge (autopod's pod bridge)
+#     that carries the NIC with MAC and holds ADDR, so that pods are on the
+#     NIC's segment; the bridge takes the NIC's MAC, as autopod keeps it.
 set -eu
+nic() { # MAC: print the interface's name
+  for d in /sys/class/net/*; do
+    [ "$(cat "$d/address")" = "$1" ] && { echo "${d##*/}"; return 0; }
+  done
+  echo "autopod-e2e-net: no NIC with MAC $1" >&2
+  return 1
+}
 ip link set lo up
 for arg in $(cat /proc/cmdline); do
   case $arg in
   autopod.e2e.net=*)
     for pair in $(echo "${arg#autopod.e2e.net=}" | tr , ' '); do
       mac=${pair%%=*} addr=${pair#*=}
-      dev=
-      for d in /sys/class/net/*; do
-        [ "$(cat "$d/address")" = "$mac" ] && dev=${d##*/}
-      done
-      [ -n "$dev" ] || { echo "autopod-e2e-net: no NIC with MAC $mac" >&2; exit 1; }
+      dev=$(nic "$mac")
       ip addr replace "$addr" dev "$dev"
       ip link set "$dev" up
     done ;;
+  autopod.e2e.bridge=*)
+    spec=${arg#autopod.e2e.bridge=}
+    br=${spec%%=*} rest=${spec#*=}
+    mac=${rest%=*} addr=${rest##*=}
+    dev=$(nic "$mac")
+    ip link show "$br" >/dev/null 2>&1 || ip link add "$br" type bridge
+    ip link set dev "$br" address "$mac"
+    ip link set "$dev" master "$br"
+    ip link set "$dev" up
+    ip addr replace "$addr" dev "$br"
+    ip link set "$br" up ;;
   autopod.e2e.gw=*) gw=${arg#autopod.e2e.gw=} ;;
   esac
 done
@@ -186,6 +236,8 @@ chroot "$root" systemctl enable autopod-e2e-net.service autopod-e2e-booted.servi
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer >/dev/null 2>&1 || true
 # No hardware clock worth syncing, and fewer units means a faster TCG boot.
 chroot "$root" systemctl mask systemd-timesyncd.service >/dev/null 2>&1 || true
+# redis runs in autopod's pods, not as the distribution's service.
+chroot "$root" systemctl disable redis-server.service >/dev/null 2>&1 || true
 
 kver=$(ls "$root/lib/modules" | sort -V | tail -n1)
 [ -n "$kver" ] && [ -f "$root/boot/vmlinuz-$kver" ] && [ -f "$root/boot/initrd.img-$kver" ] ||

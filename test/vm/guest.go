@@ -102,12 +102,15 @@ func NewLink(t *testing.T) Link {
 // GuestConfig describes one guest. Index (1, 2, …) makes MAC addresses
 // unique; LinkAddr is its address on the private link (e.g. 10.44.0.1/24).
 type GuestConfig struct {
-	Name      string
-	Index     int
-	Image     *Image
-	Link      Link
-	Side      int // 0: guest A of Link, 1: guest B
-	LinkAddr  string
+	Name     string
+	Index    int
+	Image    *Image
+	Link     Link
+	Side     int // 0: guest A of Link, 1: guest B
+	LinkAddr string
+	// Bridge, if set, is a bridge (autopod's pod bridge) that carries the
+	// link NIC and holds LinkAddr, so that pods are on the link.
+	Bridge    string
 	MemoryMiB int // default 1024
 }
 
@@ -175,12 +178,18 @@ func (g *Guest) start(ctx context.Context) error {
 	if g.cfg.Side == 1 {
 		local, remote = remote, local
 	}
-	appendArgs := strings.Join([]string{
+	kargs := []string{
 		"console=ttyS0", "root=/dev/vda", "rw", "panic=5",
 		"systemd.hostname=" + g.cfg.Name,
-		fmt.Sprintf("autopod.e2e.net=%s=10.0.2.15/24,%s=%s", g.macUser(), g.macLink(), g.cfg.LinkAddr),
 		"autopod.e2e.gw=10.0.2.2",
-	}, " ")
+	}
+	if g.cfg.Bridge != "" {
+		kargs = append(kargs, fmt.Sprintf("autopod.e2e.net=%s=10.0.2.15/24", g.macUser()),
+			fmt.Sprintf("autopod.e2e.bridge=%s=%s=%s", g.cfg.Bridge, g.macLink(), g.cfg.LinkAddr))
+	} else {
+		kargs = append(kargs, fmt.Sprintf("autopod.e2e.net=%s=10.0.2.15/24,%s=%s", g.macUser(), g.macLink(), g.cfg.LinkAddr))
+	}
+	appendArgs := strings.Join(kargs, " ")
 	args := []string{
 		"-name", g.cfg.Name,
 		"-accel", "tcg,thread=multi", "-smp", "1", "-m", fmt.Sprint(g.cfg.MemoryMiB),
@@ -327,16 +336,32 @@ func (g *Guest) CopyIn(ctx context.Context, local, remote string) error {
 	return err
 }
 
-// Reboot reboots the guest the way a host boots: qemu runs with -no-reboot
-// and exits; the newest kernel and initramfs in the guest's /boot are read
-// from its disk with debugfs (standing in for the boot loader) and qemu is
-// started again. It returns the kernel release that booted.
+// Reboot reboots the guest with `systemctl reboot` and boots it again
+// (see Restart); it returns the kernel release that booted.
 func (g *Guest) Reboot(ctx context.Context) (string, error) {
 	g.Run(ctx, "systemctl reboot") // the connection may drop before it answers
+	return g.Restart(ctx, 3*time.Minute)
+}
+
+// Exited is closed when the guest's qemu exits (the guest rebooted or
+// powered off: qemu runs with -no-reboot).
+func (g *Guest) Exited() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.exited
+}
+
+// Restart waits up to limit for the guest to go down (a reboot that it, or
+// something in it, started) and boots it again the way a host boots: qemu
+// runs with -no-reboot and exits; the newest kernel and initramfs in the
+// guest's /boot are read from its disk with debugfs (standing in for the
+// boot loader) and qemu is started again. It returns the kernel release
+// that booted.
+func (g *Guest) Restart(ctx context.Context, limit time.Duration) (string, error) {
 	select {
-	case <-g.exited:
-	case <-time.After(3 * time.Minute):
-		return "", fmt.Errorf("%s: qemu did not exit within 3m of systemctl reboot", g.cfg.Name)
+	case <-g.Exited():
+	case <-time.After(limit):
+		return "", fmt.Errorf("%s: qemu did not exit (the guest did not reboot) within %v", g.cfg.Name, limit)
 	case <-ctx.Done():
 		return "", ctx.Err()
 	}
