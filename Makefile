@@ -163,5 +163,4 @@ clean:
 E2E_REPORT ?= build/e2e-report.md
 .PHONY: e2e
 e2e: deps
-	AUTOPOD_DEPS_E2E=1 scripts/deps.sh
 	AUTOPOD_E2E_REPORT=$(abspath $(E2E_REPORT)) $(GO) test -tags e2e -count=1 -timeout 45m -v ./test/vm/

@@ -862,8 +862,15 @@ func (m *Manager) Stop(ctx context.Context, name string) error {
 
 // extMounts maps the pod's bind-mount targets to their host sources; CRIU
 // treats them as external mounts, bound again from the sources on restore.
+//
+// The pod's /dev, a bind of the host's devtmpfs (buildMounts), is external
+// too: CRIU would otherwise mount a devtmpfs afresh on restore and, when
+// that superblock's device number differs from the dumping host's (another
+// kernel, or only another boot order), look for an image of its contents
+// that no dump writes and fail. The restore binds the host's /dev instead;
+// the mounts below it (pts, shm, mqueue) are the pod's own and dumped.
 func (m *Manager) extMounts(s Spec, initHash string) map[string]string {
-	em := map[string]string{podInitPath: m.initPath(initHash), podLogPath: m.logPath(s.Name)}
+	em := map[string]string{podInitPath: m.initPath(initHash), podLogPath: m.logPath(s.Name), "/dev": "/dev"}
 	for _, b := range s.Mounts {
 		em[b.Target] = b.Source
 	}

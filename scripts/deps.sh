@@ -24,12 +24,9 @@ APT_PKGS=(
   python3-protobuf libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
   libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev libaio-dev libgnutls28-dev
   uuid-dev
+  # the end-to-end tier's guests (test/vm): qemu, ssh, the image's tools
+  qemu-system-x86 openssh-client e2fsprogs dpkg-dev
 )
-
-# The end-to-end tier's VMs (make e2e) also need qemu.
-if [ -n "${AUTOPOD_DEPS_E2E:-}" ]; then
-  APT_PKGS+=(qemu-system-x86 openssh-client)
-fi
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

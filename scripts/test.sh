@@ -10,6 +10,10 @@
 #           root booted with systemd-nspawn (go test -tags roottest ./test/packaging/)
 #   system  the real agent on a private dbus-daemon, driven by autopodctl and
 #           busctl; migration between namespace hosts (go test -tags roottest ./test/system/)
+#   e2e     two qemu guests with systemd and the .deb: a pod moved with each
+#           strategy, then a real kernel update, reboot and return
+#           (go test -tags e2e ./test/vm/; its phase table also goes to
+#           build/e2e-report.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
@@ -29,9 +33,12 @@ tier_units() { go test -count=1 -v ./units/; }
 tier_root() { need_root root && go test -count=1 -tags roottest -timeout 15m -run '^TestRoot' -v ./pods/ ./updater/ ./hooks/; }
 tier_packaging() { need_root packaging && go test -count=1 -tags roottest -timeout 20m -v ./test/packaging/; }
 tier_system() { need_root system && go test -count=1 -tags roottest -timeout 20m -v ./test/system/; }
+tier_e2e() {
+  need_root e2e && AUTOPOD_E2E_REPORT=$PWD/build/e2e-report.md go test -count=1 -tags e2e -timeout 45m -v ./test/vm/
+}
 
 tiers=("$@")
-[ "${tiers[0]:-all}" = all ] && tiers=(unit units root system packaging)
+[ "${tiers[0]:-all}" = all ] && tiers=(unit units root system packaging e2e)
 declare -A result
 declare -A took
 failed=0

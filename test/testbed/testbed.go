@@ -130,6 +130,7 @@ func New(t testing.TB, n int) *Bed {
 	b := &Bed{t: t, Dir: dir, Bin: filepath.Join(dir, "bin"), Shared: filepath.Join(dir, "shared"), client: "aptb-client"}
 	os.MkdirAll(b.Shared, 0o755)
 	Build(t, b.Bin)
+	KdatCache(t)
 	t.Cleanup(b.Close)
 	b.cleanupNet() // leftovers of an interrupted run
 	must(t, "ip", "link", "add", lanBridge, "type", "bridge")
@@ -140,6 +141,46 @@ func New(t testing.TB, n int) *Bed {
 	b.addNetns(t, b.client, "aptb-up-c")
 	must(t, "ip", "-n", b.client, "addr", "add", clientAddr+"/24", "dev", "uplink")
 	return b
+}
+
+// kdatPath is where CRIU keeps its cache of what the kernel can do.
+const kdatPath = "/run/criu.kdat"
+
+// KdatCache gives CRIU the cache of kernel features it keeps in
+// /run/criu.kdat on every host whose /run is a tmpfs (any systemd host),
+// for the rest of the test. On these machines /run is not a tmpfs: CRIU
+// refuses to keep the cache there and probes the kernel again on every run
+// (30-50 ms; a post-copy freeze holds three runs). The file is what the
+// same CRIU writes on this kernel: `criu check` runs with a private tmpfs
+// on /run and its cache is copied into the real /run, to be removed at
+// cleanup. CRIU reads the cache without asking where it lies. Any cache
+// already there is replaced first: one left by an interrupted run may
+// describe a kernel this machine no longer runs.
+func KdatCache(t testing.TB) {
+	t.Helper()
+	var st unix.Statfs_t
+	if unix.Statfs("/run", &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		return // CRIU keeps it there itself
+	}
+	os.Remove(kdatPath)
+	tmp := filepath.Join(t.TempDir(), "criu.kdat")
+	script := fmt.Sprintf("mount -t tmpfs kdat /run && { %q check >/dev/null 2>&1; cp /run/criu.kdat %q; }", CriuPath(t), tmp)
+	if out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script).CombinedOutput(); err != nil {
+		t.Logf("CRIU runs without its kernel-feature cache: making it failed: %v %s", err, out)
+		return
+	}
+	data, err := os.ReadFile(tmp)
+	if err == nil {
+		err = os.WriteFile(kdatPath+".autopod-test", data, 0o600)
+	}
+	if err == nil {
+		err = os.Rename(kdatPath+".autopod-test", kdatPath)
+	}
+	if err != nil {
+		t.Logf("CRIU runs without its kernel-feature cache: %v", err)
+		return
+	}
+	t.Cleanup(func() { os.Remove(kdatPath) })
 }
 
 // addNetns creates a namespace with an "uplink" veth into the LAN bridge.

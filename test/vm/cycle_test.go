@@ -372,7 +372,7 @@ apt-get -q update >/dev/null`, guestRepo))
 	if evacuated == 0 {
 		t.Fatalf("the pod was not evacuated while unattended-upgrades ran\n%s", e.journal(ctx, a))
 	}
-	e.record("evacuate A→B (apt hook)", "auto", evacuated, "")
+	e.record("evacuate A→B (apt hook)", e.logMigrated(ctx, a), evacuated, "")
 	e.tm.add("install kernel (unattended-upgrades)", installed-evacuated)
 	if !strings.Contains(a.MustRun(ctx, "ls /boot"), "vmlinuz-"+newKernel) {
 		t.Fatalf("unattended-upgrades did not install %s:\n%s", newKernel, out)
@@ -422,7 +422,8 @@ apt-get -q update >/dev/null`, guestRepo))
 	// The agent resumes its cycle and brings the pod home.
 	start = time.Now()
 	e.waitPod(ctx, a, "running", "", 10*time.Minute)
-	e.record("return B→A (after reboot)", "auto", time.Since(start), "")
+	d := time.Since(start)
+	e.record("return B→A (after reboot)", e.logMigrated(ctx, e.b), d, "")
 	e.waitCycleIdle(ctx, a, 2*time.Minute)
 }
 
