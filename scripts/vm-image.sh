@@ -13,9 +13,9 @@
 #                            entry without it is incomplete and rebuilt)
 # The hash covers this script and everything it reads (suite, packages,
 # mirror, debootstrap's version), so editing the recipe makes a new entry;
-# delete old ones by hand. Nothing outside the entry and a temporary
-# directory under it is written; the guests never modify disk.raw (they get
-# sparse copies).
+# building one removes the older entries of the same suite. Nothing else
+# outside the entry and a temporary directory under it is written; the
+# guests never modify disk.raw (they get sparse copies).
 #
 # What is in the guest (see ../shared/notes/vm-testbed.md): trixie minbase
 # with systemd as PID 1, D-Bus, logind, bookworm's kernel (the update the
@@ -245,6 +245,11 @@ kver=$(ls "$root/lib/modules" | sort -V | tail -n1)
 cp "$root/boot/vmlinuz-$kver" "$work/vmlinuz"
 cp "$root/boot/initrd.img-$kver" "$work/initrd.img"
 rm -rf "$root/var/cache/apt/"*.bin "$root/var/cache/apt/archives/"*.deb "$root/debootstrap"
+# No package lists: the guests cannot reach the archive, and debootstrap's
+# trixie lists would offer trixie's kernel to bookworm's at once, on every
+# guest. The tests give a guest the lists they want it to see.
+rm -rf "$root/var/lib/apt/lists/"*
+mkdir -p "$root/var/lib/apt/lists/partial"
 phase "configure guest"
 
 truncate -s "$IMAGE_SIZE" "$work/disk.raw"
@@ -259,6 +264,10 @@ mv "$work/disk.raw" "$work/vmlinuz" "$work/initrd.img" "$work/id_ed25519" "$work
 printf '%s\nkernel=%s\n' "$inputs" "$kver" >"$entry.new/inputs"
 rm -rf "$entry"
 mv "$entry.new" "$entry"
+# Older entries (other recipes) are of no more use: each holds a disk image.
+for old in "$CACHE/$SUITE"-*; do
+  [ "$old" = "$entry" ] || [ ! -f "$old/inputs" ] || { log "removing the old entry $old"; rm -rf "$old"; }
+done
 log "$(printf '%-28s %4ds  (%s used of %s, kernel %s)' total $((SECONDS - t0)) \
   "$(du -h "$entry/disk.raw" | cut -f1)" "$IMAGE_SIZE" "$kver")"
 printf '%s\n' "$entry"

@@ -483,6 +483,14 @@ func (b *Bed) Close() {
 			b.t.Logf("--- %s agent log (last lines):\n%s", h.Name, lastLines(h.AgentLog(), 60))
 		}
 	}
+	// AUTOPOD_TESTBED_LOGS=DIR keeps every agent's whole log (DIR/TEST-hostX.log).
+	if dir := os.Getenv("AUTOPOD_TESTBED_LOGS"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		name := strings.ReplaceAll(b.t.Name(), "/", "_")
+		for _, h := range b.Hosts {
+			os.WriteFile(filepath.Join(dir, name+"-"+h.Name+".log"), []byte(h.AgentLog()), 0o644)
+		}
+	}
 	b.cleanupNet()
 }
 

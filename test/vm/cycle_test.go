@@ -372,7 +372,7 @@ apt-get -q update >/dev/null`, guestRepo))
 	if evacuated == 0 {
 		t.Fatalf("the pod was not evacuated while unattended-upgrades ran\n%s", e.journal(ctx, a))
 	}
-	e.record("evacuate A→B (apt hook)", e.logMigrated(ctx, a), evacuated, "")
+	e.record("evacuate A→B (unattended-upgrade start → pod on B)", e.logMigrated(ctx, a), evacuated, "")
 	e.tm.add("install kernel (unattended-upgrades)", installed-evacuated)
 	if !strings.Contains(a.MustRun(ctx, "ls /boot"), "vmlinuz-"+newKernel) {
 		t.Fatalf("unattended-upgrades did not install %s:\n%s", newKernel, out)
@@ -448,7 +448,8 @@ func (e *e2e) checkNothingLeft(ctx context.Context) {
 			continue
 		}
 		if st.Update.State != "idle" || st.Update.LeaseHeld {
-			e.t.Errorf("%s: update cycle %q, lease held %v; want idle, no lease (last error %q)", g.cfg.Name, st.Update.State, st.Update.LeaseHeld, st.Update.LastError)
+			e.t.Errorf("%s: update cycle %q, lease held %v; want idle, no lease (last error %q)\n%s", g.cfg.Name, st.Update.State, st.Update.LeaseHeld, st.Update.LastError,
+				g.MustRun(ctx, "autopodctl status"))
 		}
 		if lease := g.MustRun(ctx, "cat /var/lib/autopod/lease.json 2>/dev/null || true"); strings.Contains(lease, `"holder"`) && !strings.Contains(lease, `"holder":""`) {
 			e.t.Logf("%s: lease file: %s", g.cfg.Name, lease)
