@@ -483,12 +483,21 @@ func (b *Bed) Close() {
 			b.t.Logf("--- %s agent log (last lines):\n%s", h.Name, lastLines(h.AgentLog(), 60))
 		}
 	}
-	// AUTOPOD_TESTBED_LOGS=DIR keeps every agent's whole log (DIR/TEST-hostX.log).
+	// AUTOPOD_TESTBED_LOGS=DIR keeps every agent's whole log
+	// (DIR/TEST-hostX.log) and CRIU's logs (DIR/TEST-hostX-POD-NAME.log).
 	if dir := os.Getenv("AUTOPOD_TESTBED_LOGS"); dir != "" {
 		os.MkdirAll(dir, 0o755)
 		name := strings.ReplaceAll(b.t.Name(), "/", "_")
 		for _, h := range b.Hosts {
 			os.WriteFile(filepath.Join(dir, name+"-"+h.Name+".log"), []byte(h.AgentLog()), 0o644)
+			// and CRIU's logs of its pods' last runs
+			logs, _ := filepath.Glob(filepath.Join(h.Dir, "state", "pods", "*", "criu-logs", "*.log"))
+			for _, l := range logs {
+				if data, err := os.ReadFile(l); err == nil {
+					pod := filepath.Base(filepath.Dir(filepath.Dir(l)))
+					os.WriteFile(filepath.Join(dir, name+"-"+h.Name+"-"+pod+"-"+filepath.Base(l)), data, 0o644)
+				}
+			}
 		}
 	}
 	b.cleanupNet()

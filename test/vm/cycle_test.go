@@ -254,25 +254,38 @@ func (e *e2e) migrate(ctx context.Context, s string) {
 		return
 	}
 	e.waitPod(ctx, e.b, "running", "", time.Minute)
-	if got := e.logMigrated(ctx, e.a); got != s {
+	got, fr := e.logMigrated(ctx, e.a)
+	if got != s {
 		e.t.Errorf("migrate --strategy %s: the agent used %q", s, got)
 	}
-	e.record("migrate A→B", s, d, frozen(out))
+	if fr == "" {
+		fr = frozen(out)
+	}
+	e.record("migrate A→B", s, d, fr)
 }
 
 // logMigrated logs what the source's agent said about the last migration
 // (strategy, frozen, total, bytes, pre-copy rounds) and returns the
-// strategy it used.
-func (e *e2e) logMigrated(ctx context.Context, src *Guest) string {
+// strategy it used and how long it says the pod was frozen.
+func (e *e2e) logMigrated(ctx context.Context, src *Guest) (strategy, frozen string) {
 	out, _ := src.Run(ctx, `journalctl -u autopod.service --no-pager -o cat | grep 'msg="pod migrated"' | tail -n1`)
 	e.t.Logf("%s: %s", src.cfg.Name, strings.TrimSpace(out))
+	strategy, frozen = "?", ""
 	if m := strategyRE.FindStringSubmatch(out); m != nil {
-		return m[1]
+		strategy = m[1]
 	}
-	return "?"
+	if m := frozenRE.FindStringSubmatch(out); m != nil {
+		if d, err := time.ParseDuration(m[1]); err == nil {
+			frozen = fmt.Sprintf("%.2f", d.Seconds())
+		}
+	}
+	return strategy, frozen
 }
 
-var strategyRE = regexp.MustCompile(` strategy=(\S+)`)
+var (
+	strategyRE = regexp.MustCompile(` strategy=(\S+)`)
+	frozenRE   = regexp.MustCompile(` frozen=(\S+)`)
+)
 
 // giveBack brings the pod home with `autopodctl return` on A; B, where
 // the pod runs, picks the strategy ("auto": post-copy where it can).
@@ -285,7 +298,8 @@ func (e *e2e) giveBack(ctx context.Context) {
 	}
 	e.waitPod(ctx, e.a, "running", "", time.Minute)
 	d := time.Since(start)
-	e.record("return B→A", e.logMigrated(ctx, e.b), d, "")
+	st, fr := e.logMigrated(ctx, e.b)
+	e.record("return B→A", st, d, fr)
 }
 
 func frozen(jsonOut string) string {
@@ -372,7 +386,8 @@ apt-get -q update >/dev/null`, guestRepo))
 	if evacuated == 0 {
 		t.Fatalf("the pod was not evacuated while unattended-upgrades ran\n%s", e.journal(ctx, a))
 	}
-	e.record("evacuate A→B (unattended-upgrade start → pod on B)", e.logMigrated(ctx, a), evacuated, "")
+	st, fr := e.logMigrated(ctx, a)
+	e.record("evacuate A→B (unattended-upgrade start → pod on B)", st, evacuated, fr)
 	e.tm.add("install kernel (unattended-upgrades)", installed-evacuated)
 	if !strings.Contains(a.MustRun(ctx, "ls /boot"), "vmlinuz-"+newKernel) {
 		t.Fatalf("unattended-upgrades did not install %s:\n%s", newKernel, out)
@@ -423,7 +438,8 @@ apt-get -q update >/dev/null`, guestRepo))
 	start = time.Now()
 	e.waitPod(ctx, a, "running", "", 10*time.Minute)
 	d := time.Since(start)
-	e.record("return B→A (after reboot)", e.logMigrated(ctx, e.b), d, "")
+	st, fr = e.logMigrated(ctx, e.b)
+	e.record("return B→A (after reboot)", st, d, fr)
 	e.waitCycleIdle(ctx, a, 2*time.Minute)
 }
 
