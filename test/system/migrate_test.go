@@ -286,6 +286,15 @@ func testRoundTrip(t *testing.T, strategy string) {
 	}
 	time.Sleep(300 * time.Millisecond)
 
+	acked := checkWrites(t, l, sums)
+	t.Logf("%d acknowledged writes, all present; client-seen pause A→B %s, B→A %s", acked, pauseAB, pauseBA)
+}
+
+// checkWrites ends the load and checks that every write redis
+// acknowledged is there and that the 105 values filled at the start are
+// unchanged; it returns the acknowledged count.
+func checkWrites(t *testing.T, l *load, sums map[string][32]byte) int64 {
+	t.Helper()
 	acked := l.finish(t)
 	got, err := l.writerCon.Cmd("GET", "counter")
 	if err != nil {
@@ -300,7 +309,7 @@ func testRoundTrip(t *testing.T, strategy string) {
 			t.Fatalf("%s changed across the migrations", k)
 		}
 	}
-	t.Logf("%d acknowledged writes, all present; client-seen pause A→B %s, B→A %s", acked, pauseAB, pauseBA)
+	return acked
 }
 
 // setupKV starts agents on a two-host bed (the environment given to A's
