@@ -190,6 +190,12 @@ func (m *Machine) Status() Status {
 	if s.PendingUpdates == nil {
 		s.PendingUpdates = []Update{}
 	}
+	// A kernel update plans a reboot before anything says one is required
+	// (/run/reboot-required comes with the installation): once the machine
+	// reboots, it is.
+	if r.State == Rebooting {
+		s.RebootRequired = true
+	}
 	s.NextWindowStart, s.NextWindowEnd, _ = nextWindow(m.windows, m.clock.Now())
 	return s
 }

@@ -306,6 +306,9 @@ func TestRebootBlockedByInhibitor(t *testing.T) {
 	if s.State != Rebooting || w.hosts["a"].reboots != 0 {
 		t.Fatalf("blocked: state %s, reboot requests %d", s.State, w.hosts["a"].reboots)
 	}
+	if !s.RebootRequired {
+		t.Errorf("status while the reboot is due says no reboot is required")
+	}
 	if len(s.Blockers) != 1 || s.Blockers[0] != backup || !strings.Contains(s.Reason, "backup.service (pid 4242, uid 0): nightly backup running") {
 		t.Errorf("status does not say who blocks: %v, %q", s.Blockers, s.Reason)
 	}
