@@ -3,6 +3,7 @@ package cycle
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"testing"
 )
@@ -127,6 +128,9 @@ func checkOutcome(t *testing.T, w *world, n *node, success bool) {
 	a := w.hosts[n.h]
 	if n.m.Status().State != Idle {
 		t.Fatalf("ended in %s", n.m.Status().State)
+	}
+	if _, err := os.Stat(n.activeFile()); err == nil {
+		t.Errorf("the cycle ended but its active marker %s is still there", n.activeFile())
 	}
 	switch {
 	case a.running == newKernel && a.boots != 1:

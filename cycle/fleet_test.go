@@ -574,10 +574,12 @@ func stateDir(t testing.TB) string {
 
 func (n *node) stateFile() string { return filepath.Join(n.dir, "cycle.json") }
 
+func (n *node) activeFile() string { return filepath.Join(n.dir, "cycle-active") }
+
 func (n *node) config() Config {
 	f := fake{n.w, n.h}
 	return Config{
-		StateFile: n.stateFile(), Policy: n.pol,
+		StateFile: n.stateFile(), ActiveFile: n.activeFile(), Policy: n.pol,
 		Detector: f, Pods: f, Peers: f, Lock: f, Inhibitor: f, Installer: f, Rebooter: f,
 		Clock: f, BootID: f.BootID,
 		Notify: func(t Transition) {
@@ -612,6 +614,10 @@ func (n *node) die() {
 	n.w.mu.Unlock()
 	if r, err := loadRecord(n.stateFile(), time.Time{}); err == nil {
 		n.crashStates = append(n.crashStates, r.State)
+		// A host that goes down now must start its agent at boot.
+		if _, err := os.Stat(n.activeFile()); r.State != Idle && err != nil {
+			n.w.t.Errorf("%s: crashed in %s without the active marker: %v", n.h, r.State, err)
+		}
 	} else {
 		n.w.t.Errorf("%s: record unreadable after a crash: %v", n.h, err)
 	}

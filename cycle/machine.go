@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/autopod/autopod/atomicfile"
 )
 
 // Errors the agent maps to D-Bus errors.
@@ -51,6 +53,13 @@ type Config struct {
 	// StateFile is the record's path (DefaultStateFile in the agent). Its
 	// directory must exist.
 	StateFile string
+	// ActiveFile, if set, exists exactly while a cycle is under way (any
+	// state but Idle): a systemd path unit (PathExists=) starts the agent
+	// at boot when it does, so that a cycle interrupted by its reboot
+	// resumes and brings the pods back even where the service is not
+	// enabled. It is created before the record leaves Idle and removed
+	// after the record is back there.
+	ActiveFile string
 	// Policy is the [update] table; unset keys get their defaults.
 	Policy Policy
 
@@ -141,13 +150,21 @@ func New(cfg Config) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Machine{
+	m := &Machine{
 		cfg: cfg, pol: pol, windows: ws, clock: cfg.Clock, log: cfg.Log,
 		op:      make(chan struct{}, 1),
 		rec:     rec,
 		changed: make(chan struct{}),
 		wake:    make(chan struct{}, 1),
-	}, nil
+	}
+	// The marker follows the record (a record from an older agent, or a
+	// marker left by a crash between the two writes).
+	if rec.State == Idle {
+		m.markIdle()
+	} else if err := m.markActive(rec); err != nil {
+		m.log.Warn("the agent may not start at boot to resume this cycle", "err", err)
+	}
+	return m, nil
 }
 
 // ReadBootID reads BootIDFile.
@@ -321,15 +338,49 @@ func (m *Machine) update(fn func(r *Record) error) error {
 		m.mu.Unlock()
 		return err
 	}
+	if r.State != Idle {
+		if err := m.markActive(r); err != nil {
+			m.mu.Unlock()
+			return err
+		}
+	}
 	if err := saveRecord(m.cfg.StateFile, r); err != nil {
 		m.mu.Unlock()
 		return err
+	}
+	if r.State == Idle {
+		m.markIdle()
 	}
 	m.rec = r
 	close(m.changed)
 	m.changed = make(chan struct{})
 	m.mu.Unlock()
 	return nil
+}
+
+// markActive creates ActiveFile (durably) if it is missing.
+func (m *Machine) markActive(r *Record) error {
+	if m.cfg.ActiveFile == "" {
+		return nil
+	}
+	if _, err := os.Stat(m.cfg.ActiveFile); err == nil {
+		return nil
+	}
+	msg := fmt.Sprintf("autopod: an update cycle is under way (%s since %s); see autopodctl status\n", r.State, r.Since.Format(time.RFC3339))
+	if err := atomicfile.WriteFile(m.cfg.ActiveFile, []byte(msg), 0o644); err != nil {
+		return fmt.Errorf("mark the update cycle active: %w", err)
+	}
+	return nil
+}
+
+// markIdle removes ActiveFile; failing that only costs a start at boot.
+func (m *Machine) markIdle() {
+	if m.cfg.ActiveFile == "" {
+		return
+	}
+	if err := os.Remove(m.cfg.ActiveFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("cannot remove the update cycle's marker", "file", m.cfg.ActiveFile, "err", err)
+	}
 }
 
 // flush hands persisted transitions to Notify, in order.

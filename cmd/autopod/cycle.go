@@ -78,17 +78,19 @@ func newUpdateCycle(cfg agent.Config, mgr *pods.Manager, peers *agent.Peers, con
 	watch, lock := watchPaths(det.Backend(), cfg.Update.AptConfig)
 	m, err := cycle.New(cycle.Config{
 		StateFile: filepath.Join(cfg.StateDir, "cycle.json"),
-		Policy:    cfg.Update.Policy,
-		Detector:  agent.CycleDetector{D: det},
-		Pods:      agent.CyclePods{Mgr: mgr, Progress: obj.Progress, Fault: fault},
-		Peers:     agent.CyclePeers{Dialer: peers, Configured: cfg.Update.Peers},
-		Lock:      agent.CycleLock{Dialer: peers, Configured: cfg.Update.Peers, Store: store, Fleet: fleet},
-		Inhibitor: agent.CycleInhibitor{Client: lc, Log: log},
-		Installer: agent.CycleInstaller{Backend: det.Backend(), AptConfig: cfg.Update.AptConfig, Log: log},
-		Rebooter:  agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), DpkgLock: lock, Log: log},
-		BootID:    bootID,
-		Notify:    obj.OnTransition,
-		Log:       log,
+		// units/autopod-updates.path: PathExists=/var/lib/autopod/update-cycle-active
+		ActiveFile: filepath.Join(cfg.StateDir, "update-cycle-active"),
+		Policy:     cfg.Update.Policy,
+		Detector:   agent.CycleDetector{D: det},
+		Pods:       agent.CyclePods{Mgr: mgr, Progress: obj.Progress, Fault: fault},
+		Peers:      agent.CyclePeers{Dialer: peers, Configured: cfg.Update.Peers},
+		Lock:       agent.CycleLock{Dialer: peers, Configured: cfg.Update.Peers, Store: store, Fleet: fleet},
+		Inhibitor:  agent.CycleInhibitor{Client: lc, Log: log},
+		Installer:  agent.CycleInstaller{Backend: det.Backend(), AptConfig: cfg.Update.AptConfig, Log: log},
+		Rebooter:   agent.CycleRebooter{Client: lc, Command: os.Getenv(envTestReboot), DpkgLock: lock, Log: log},
+		BootID:     bootID,
+		Notify:     obj.OnTransition,
+		Log:        log,
 	})
 	if err != nil {
 		return nil, err
