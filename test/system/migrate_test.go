@@ -236,9 +236,12 @@ func TestMigrateRoundTrip(t *testing.T) {
 	}
 }
 
-func testRoundTrip(t *testing.T, strategy string) {
+// roundTripBed is a two-host bed with a redis pod on A holding 105 values
+// of 1 MiB (sums are theirs), both agents configured with strategy and
+// paired, and a client writing to the pod on one connection.
+func roundTripBed(t *testing.T, strategy string) (a, b *testbed.Host, l *load, sums map[string][32]byte) {
 	bed := testbed.New(t, 2)
-	a, b := bed.Hosts[0], bed.Hosts[1]
+	a, b = bed.Hosts[0], bed.Hosts[1]
 	addr := kvPod(t, bed, a, "kv", 100)
 	for _, h := range bed.Hosts {
 		h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
@@ -252,12 +255,17 @@ func testRoundTrip(t *testing.T, strategy string) {
 	if err := fill.FillRandom(105, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	sums := valueSums(t, fill, 105)
+	sums = valueSums(t, fill, 105)
 	fill.Close()
 
-	l := startLoad(t, bed, addr)
+	l = startLoad(t, bed, addr)
 	time.Sleep(300 * time.Millisecond)
 	l.pause()
+	return a, b, l, sums
+}
+
+func testRoundTrip(t *testing.T, strategy string) {
+	a, b, l, sums := roundTripBed(t, strategy)
 
 	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
 	t.Logf("migrate A→B:\n%s", out)

@@ -38,29 +38,9 @@ func strategyUnavailable(t *testing.T, h *testbed.Host, strategy string) string 
 // before anything is frozen, and that the pod serves on from A; then it
 // skips with that reason.
 func TestMigratePreCopy(t *testing.T) {
-	bed := testbed.New(t, 2)
-	a, b := bed.Hosts[0], bed.Hosts[1]
-	addr := kvPod(t, bed, a, "kv", 100)
 	// The configured default is pre-copy too: `return` (B's migration
 	// out) has no --strategy.
-	for _, h := range bed.Hosts {
-		h.Configure(t, `migration_strategy = "pre-copy"`)
-	}
-	a.StartAgent(t)
-	b.StartAgent(t)
-	bed.Pair(t)
-	waitPod(t, a, "kv", "running")
-
-	fill := dialRedis(t, bed, addr)
-	if err := fill.FillRandom(105, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	sums := valueSums(t, fill, 105)
-	fill.Close()
-
-	l := startLoad(t, bed, addr)
-	time.Sleep(300 * time.Millisecond)
-	l.pause()
+	a, b, l, sums := roundTripBed(t, "pre-copy")
 
 	if why := strategyUnavailable(t, a, "pre-copy"); why != "" {
 		testPreCopyRefused(t, a, b, l, why)
