@@ -158,7 +158,7 @@ clean:
 # kernel on one, which autopod evacuates, reboots and brings back.
 # scripts/vm-image.sh and scripts/vm-kernel-repo.sh cache the guest image
 # and the kernel packages in /var/cache/autopod-test/vm. Needs root, the
-# Debian archive on the first run, and 10-20 minutes (TCG). The phase and
+# Debian archive on the first run, and about 12 minutes (TCG). The phase and
 # pause table goes to the log and to $(E2E_REPORT).
 E2E_REPORT ?= build/e2e-report.md
 .PHONY: e2e
