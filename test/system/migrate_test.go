@@ -264,16 +264,10 @@ func roundTripBed(t *testing.T, strategy string) (a, b *testbed.Host, l *load, s
 	return a, b, l, sums
 }
 
-func testRoundTrip(t *testing.T, strategy string) {
-	a, b, l, sums := roundTripBed(t, strategy)
-
-	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
-	t.Logf("migrate A→B:\n%s", out)
-	if !strings.Contains(a.AgentLog(), "strategy="+strategy) {
-		t.Errorf("A's agent did not migrate with %s:\n%s", strategy, a.AgentLog())
-	}
-	pauseAB := l.pause()
-	l.check(t)
+// checkMovedToB checks that kv runs on B as A's pod, with its data, and
+// that A knows it is there.
+func checkMovedToB(t *testing.T, a, b *testbed.Host) {
+	t.Helper()
 	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
 		t.Fatalf("on B: %+v", p)
 	}
@@ -284,6 +278,19 @@ func testRoundTrip(t *testing.T, strategy string) {
 		t.Fatalf("data not copied to B: %q %v", m, err)
 	}
 	time.Sleep(300 * time.Millisecond)
+}
+
+func testRoundTrip(t *testing.T, strategy string) {
+	a, b, l, sums := roundTripBed(t, strategy)
+
+	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
+	t.Logf("migrate A→B:\n%s", out)
+	if !strings.Contains(a.AgentLog(), "strategy="+strategy) {
+		t.Errorf("A's agent did not migrate with %s:\n%s", strategy, a.AgentLog())
+	}
+	pauseAB := l.pause()
+	l.check(t)
+	checkMovedToB(t, a, b)
 
 	out = a.MustCtl(t, "return")
 	t.Logf("return B→A:\n%s", out)

@@ -5,8 +5,6 @@ package system
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -72,16 +70,7 @@ func TestMigratePreCopy(t *testing.T) {
 	}
 	pauseAB := l.pause()
 	l.check(t)
-	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
-		t.Fatalf("on B: %+v", p)
-	}
-	if p := waitPod(t, a, "kv", "migrated"); p.Location != "hostb" {
-		t.Fatalf("on A: %+v", p)
-	}
-	if m, err := os.ReadFile(filepath.Join(b.DataDir, "kv", "marker")); err != nil || !strings.Contains(string(m), "hosta") {
-		t.Fatalf("data not copied to B: %q %v", m, err)
-	}
-	time.Sleep(300 * time.Millisecond)
+	checkMovedToB(t, a, b)
 
 	out = a.MustCtl(t, "return")
 	t.Logf("return B→A:\n%s", out)
