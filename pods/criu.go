@@ -11,10 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"github.com/checkpoint-restore/go-criu/v7/stats"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -187,6 +189,11 @@ type criuRequest struct {
 	// the page server at PageServerAddr:PageServerPort instead of
 	// writing them into ImagesDir.
 	PageServerAddr string
+	// abort, closed while a restore runs, says that the restore cannot
+	// succeed any more for a reason CRIU may not notice by itself (its
+	// lazy-pages daemon died). CRIU gets abortGrace to fail on its own,
+	// then it is killed.
+	abort <-chan struct{}
 	// postDump runs when a dump has written its images (for a lazy dump:
 	// all but the memory, before the page server opens).
 	postDump func() error
@@ -436,7 +443,9 @@ func (n *restoreNotify) PostRestore(pid int32) error {
 }
 
 // Restore brings the pod back from r.ImagesDir as a child of this process
-// and returns the host pid of its init.
+// and returns the host pid of its init. If r.abort closes first, CRIU is
+// killed after abortGrace; go-criu offers no cancellation, and ctx is
+// checked before starting only.
 func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -471,11 +480,130 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)
 	n := &restoreNotify{inner: r.notify, post: r.postRestore}
-	if err := cr.Restore(o, n); err != nil {
+	stop := c.watchdog(r.abort, r.ImagesDir)
+	err = cr.Restore(o, n)
+	killed := stop()
+	if err != nil {
+		if n.pid > 0 {
+			// The restored init is this process's child (RstSibling);
+			// whatever became of the tree, reap it.
+			go waitExit(n.pid)
+		}
+		if killed != "" {
+			err = fmt.Errorf("%w (CRIU killed: %s)", err, killed)
+		}
 		return 0, c.fail("restore", r, err)
 	}
 	if n.pid <= 0 {
 		return 0, errors.New("criu restore reported no pid")
 	}
 	return n.pid, nil
+}
+
+// abortGrace is how long a CRIU restore that can no longer succeed gets
+// to fail by itself before it is killed. CRIU 4.2's restore, told by its
+// lazy-pages daemon's end that the pages are gone, kills the restored
+// tasks and then waits for them for good.
+const abortGrace = 2 * time.Second
+
+// watchdog kills this process's CRIU worker that works on dir if abort
+// closes before the returned stop is called. go-criu gives no
+// cancellation and does not expose its `criu swrk` child, so the worker
+// is found by what it has open. stop reports why CRIU was killed, if it
+// was.
+func (c criuRunner) watchdog(abort <-chan struct{}, dir string) (stop func() string) {
+	done := make(chan struct{})
+	why := make(chan string, 1)
+	if abs, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = abs
+	}
+	go func() {
+		select {
+		case <-done:
+			why <- ""
+			return
+		case <-abort:
+		}
+		select {
+		case <-done:
+			why <- ""
+			return
+		case <-time.After(abortGrace):
+		}
+		if pid := criuWorker(c.path, dir); pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			why <- fmt.Sprintf("it was still running %v after its lazy-pages daemon failed", abortGrace)
+			return
+		}
+		why <- ""
+	}()
+	return func() string {
+		close(done)
+		return <-why
+	}
+}
+
+// criuWorker returns the pid of a child of this process that runs the
+// CRIU binary at exe and holds dir open (as its working directory or a
+// file descriptor), or 0.
+func criuWorker(exe, dir string) int {
+	want, err := os.Stat(exe)
+	if err != nil {
+		return 0
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || ppidOf(pid) != self {
+			continue
+		}
+		if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || !os.SameFile(fi, want) {
+			continue
+		}
+		if holds(pid, dir) {
+			return pid
+		}
+	}
+	return 0
+}
+
+// ppidOf reads pid's parent from /proc/PID/stat, or -1.
+func ppidOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	// The command name may hold spaces and parentheses: fields start
+	// after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
+}
+
+// holds reports whether pid has dir as its working directory or open.
+func holds(pid int, dir string) bool {
+	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && l == dir {
+		return true
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && l == dir {
+			return true
+		}
+	}
+	return false
 }

@@ -3,9 +3,11 @@ package pods
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fakeCriu writes a shell script standing in for the criu binary.
@@ -48,5 +50,55 @@ exit 0`, ""},
 				t.Fatalf("error %q, want it to mention %q", info.Error, c.wantErr)
 			}
 		})
+	}
+}
+
+// The watchdog finds go-criu's hidden worker by parent, binary and open
+// directory; a child of this test stands in for it.
+func TestCriuWorkerFindsChildByDir(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	dir, other := t.TempDir(), t.TempDir()
+	cmd := exec.Command(sleep, "30")
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	if got := ppidOf(cmd.Process.Pid); got != os.Getpid() {
+		t.Fatalf("ppidOf(child) = %d, want %d", got, os.Getpid())
+	}
+	for i := 0; ; i++ { // its working directory is set once it has started
+		if got := criuWorker(sleep, dir); got == cmd.Process.Pid {
+			break
+		} else if i == 100 {
+			t.Fatalf("criuWorker(sleep, dir) = %d, want %d", got, cmd.Process.Pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := criuWorker(sleep, other); got != 0 {
+		t.Errorf("criuWorker(sleep, another dir) = %d, want 0", got)
+	}
+	if got := criuWorker("/bin/true", dir); got != 0 {
+		t.Errorf("criuWorker(another binary, dir) = %d, want 0", got)
+	}
+
+	abort := make(chan struct{})
+	stop := criuRunner{path: sleep}.watchdog(abort, dir)
+	close(abort)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the worker exited normally; want killed")
+		}
+	case <-time.After(abortGrace + 5*time.Second):
+		t.Fatal("the watchdog did not kill the worker")
+	}
+	if why := stop(); why == "" {
+		t.Error("stop() does not say the worker was killed")
 	}
 }

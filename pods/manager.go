@@ -759,6 +759,9 @@ func (m *Manager) cleanup(ctx context.Context, name string) {
 	for _, pid := range m.cg.procs(name) {
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
+	// Killed tasks of a frozen cgroup die only once it thaws; they run
+	// no code of their own before that.
+	_ = m.cg.freeze(name, false)
 	if err := removeVeth(ctx, name); err != nil {
 		m.cfg.Log.Warn("remove veth", "pod", name, "err", err)
 	}

@@ -1373,6 +1373,9 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 			return 0, nil, err
 		}
 		req.Lazy = true
+		// A daemon that fails before the restore is done (the link to
+		// the source broke) leaves CRIU waiting for good.
+		req.abort = daemon.failed
 	}
 	pid, err = m.criu.Restore(ctx, req)
 	if err != nil {

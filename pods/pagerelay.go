@@ -142,6 +142,14 @@ func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pa
 	if err := conn.Send("page-relay-ok", nil); err != nil {
 		return err
 	}
+	if err := m.faultAt("page-relay-now"); err != nil {
+		// Failure tests: the link breaks as soon as the peer's
+		// lazy-pages daemon has its page server, while the peer is
+		// still restoring the pod.
+		conn.Close()
+		ps.done <- err
+		return err
+	}
 	if err := m.faultAt("page-relay"); err != nil {
 		// Failure tests: the link breaks while the memory moves.
 		t := time.AfterFunc(50*time.Millisecond, func() { conn.Close(); local.Close() })

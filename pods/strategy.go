@@ -125,7 +125,9 @@ func ensurePipeSize() error {
 type criuDaemon struct {
 	cmd  *exec.Cmd
 	done chan error
-	log  string
+	// failed is closed when the daemon has exited with an error.
+	failed chan struct{}
+	log    string
 }
 
 // lazyDaemon is the post-copy case.
@@ -176,8 +178,14 @@ func (c criuRunner) startDaemon(ctx context.Context, workDir, logName string, ar
 		return nil, fmt.Errorf("start criu %s: %w", args[0], err)
 	}
 	w.Close()
-	d := &criuDaemon{cmd: cmd, done: make(chan error, 1), log: filepath.Join(workDir, logName)}
-	go func() { d.done <- cmd.Wait() }()
+	d := &criuDaemon{cmd: cmd, done: make(chan error, 1), failed: make(chan struct{}), log: filepath.Join(workDir, logName)}
+	go func() {
+		err := cmd.Wait()
+		d.done <- err
+		if err != nil {
+			close(d.failed)
+		}
+	}()
 	ready := make(chan error, 1)
 	go func() {
 		b := make([]byte, 1)

@@ -555,6 +555,7 @@ func TestPostCopyFailures(t *testing.T) {
 		want       string
 	}{
 		{name: "link breaks while the memory moves", envA: []string{"AUTOPOD_FAULT_INJECT=page-relay"}},
+		{name: "link breaks while the peer restores", envA: []string{"AUTOPOD_FAULT_INJECT=page-relay-now"}},
 		{name: "peer fails while fetching memory", envB: []string{"AUTOPOD_FAULT_INJECT=postcopy-in"}, want: "postcopy-in"},
 	}
 	for _, c := range cases {
