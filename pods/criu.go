@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	criu "github.com/checkpoint-restore/go-criu/v7"
@@ -170,6 +171,14 @@ type criuRequest struct {
 	// Veth is the host end of the pod's veth and Bridge its bridge; on
 	// restore CRIU recreates the pair and enslaves the host end.
 	Veth, Bridge string
+	// ExtNetns makes a dump treat the pod's network namespace as external
+	// (CRIU saves its sockets but not the namespace: links, addresses,
+	// routes, firewall, sysctls); the restore then needs Netns.
+	ExtNetns bool
+	// Netns, for a restore, is the network namespace, already set up, that
+	// the pod goes into (for images dumped with ExtNetns). Veth and Bridge
+	// are then unused.
+	Netns *os.File
 	// notify, when set, gets CRIU's action-script notifications.
 	notify criu.Notify
 	// CgroupRoot is where the restored tree's cgroups go ("/autopod/NAME"):
@@ -291,6 +300,13 @@ func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType
 	}
 	for target := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+target)
+	}
+	if r.ExtNetns {
+		ino, err := netnsInode(r.Pid)
+		if err != nil {
+			return fmt.Errorf("the pod's network namespace: %w", err)
+		}
+		o.External = append(o.External, fmt.Sprintf("net[%d]:%s", ino, netnsKey))
 	}
 	switch {
 	case r.Lazy:
@@ -470,7 +486,18 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	for target, src := range r.ExtMounts {
 		o.External = append(o.External, "mnt["+target+"]:"+src)
 	}
-	if r.Veth != "" {
+	if r.Netns != nil {
+		// go-criu's worker inherits descriptors without close-on-exec,
+		// under the same number: CRIU finds the namespace by its key.
+		syscall.ForkLock.Lock()
+		fd, err := unix.Dup(int(r.Netns.Fd()))
+		syscall.ForkLock.Unlock()
+		if err != nil {
+			return 0, fmt.Errorf("pass the network namespace to CRIU: %w", err)
+		}
+		defer unix.Close(fd)
+		o.InheritFd = append(o.InheritFd, &rpc.InheritFd{Key: proto.String(netnsKey), Fd: proto.Int32(int32(fd))})
+	} else if r.Veth != "" {
 		ext := "veth[eth0]:" + r.Veth
 		if r.Bridge != "" { // else the host end stays outside any bridge: isolated
 			ext += "@" + r.Bridge
@@ -499,6 +526,10 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	}
 	return n.pid, nil
 }
+
+// netnsKey names the pod's network namespace between a dump that treats it
+// as external and the restore that inherits it.
+const netnsKey = "autopod-netns"
 
 // abortGrace is how long a CRIU restore that can no longer succeed gets
 // to fail by itself before it is killed. CRIU 4.2's restore, told by its

@@ -74,11 +74,11 @@ func parseNeighbours(data []byte) ([]neighbour, error) {
 	return ns, nil
 }
 
-// seedNeighbours adds ns to the neighbour table of the pod whose init is
-// pid, as stale entries (used at once, confirmed by the kernel later).
+// seedNeighbours adds ns to the neighbour table of the pod's network
+// namespace at nsPath, as stale entries (used at once, confirmed by the kernel later).
 // Only neighbours on the pod's own subnet are taken, and not its gateway:
 // the gateway may be a different host on each side.
-func seedNeighbours(ctx context.Context, pid int, s Spec, ns []neighbour) error {
+func seedNeighbours(ctx context.Context, nsPath string, s Spec, ns []neighbour) error {
 	var batch strings.Builder
 	for _, n := range ns {
 		if !s.Network.Address.Contains(n.IP) || n.IP == s.Network.Gateway || n.IP == s.Network.Address.Addr() {
@@ -92,7 +92,7 @@ func seedNeighbours(ctx context.Context, pid int, s Spec, ns []neighbour) error 
 	if batch.Len() == 0 {
 		return nil
 	}
-	_, err := runInput(ctx, batch.String(), "nsenter", "--net=/proc/"+fmt.Sprint(pid)+"/ns/net", "--", "ip", "-batch", "-")
+	_, err := runInput(ctx, batch.String(), "nsenter", "--net="+nsPath, "--", "ip", "-batch", "-")
 	return err
 }
 

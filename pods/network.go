@@ -10,10 +10,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // run executes a tool and returns its error with the tool's own output
@@ -122,21 +126,41 @@ func hostVeth(pod string) string {
 // setupNetwork gives the pod (whose init is pid) loopback and, when it has
 // an address, a veth into the bridge carrying that address.
 func setupNetwork(ctx context.Context, s Spec, pid int) error {
-	if _, err := inNetns(ctx, pid, "ip", "link", "set", "lo", "up"); err != nil {
+	return buildNetns(ctx, s, "/proc/"+strconv.Itoa(pid)+"/ns/net", false)
+}
+
+// buildNetns sets up the network namespace at nsPath as a pod's: loopback
+// up and, when the pod has an address, a veth named eth0 inside with the
+// pod's MAC, address and default route, its host end in the pod's bridge.
+// An isolated host end stays down, so that no frame passes either way and
+// the pod's end has no carrier (no IPv6 duplicate address detection, no
+// announcement of any kind): a migration builds the destination's
+// namespace this way while the pod still runs, and answers, on the
+// source; exposePort brings it up. (A disabled bridge port would not do:
+// the bridge enables a port again when its link comes up.)
+func buildNetns(ctx context.Context, s Spec, nsPath string, isolated bool) error {
+	in := func(name string, args ...string) (string, error) {
+		return run(ctx, "nsenter", append([]string{"--net=" + nsPath, "--", name}, args...)...)
+	}
+	if _, err := in("ip", "link", "set", "lo", "up"); err != nil {
 		return err
 	}
 	if !s.Network.Address.IsValid() {
 		return nil
 	}
-	host, peer := hostVeth(s.Name), "aptmp"+strconv.Itoa(pid)
-	if len(peer) > 15 {
-		peer = peer[:15]
-	}
+	host := hostVeth(s.Name)
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	peer := "aptmp" + hex.EncodeToString(r[:]) // renamed eth0 inside
 	_, _ = run(ctx, "ip", "link", "del", host) // a leftover from a crash
 	steps := [][]string{
 		{"ip", "link", "add", host, "type", "veth", "peer", "name", peer},
-		{"ip", "link", "set", peer, "netns", strconv.Itoa(pid)},
-		{"ip", "link", "set", host, "master", s.Network.Bridge, "up"},
+		// iproute2 takes a path (anything with a '/') for a namespace.
+		{"ip", "link", "set", peer, "netns", nsPath},
+		{"ip", "link", "set", host, "master", s.Network.Bridge},
+	}
+	if !isolated {
+		steps = append(steps, []string{"ip", "link", "set", host, "up"})
 	}
 	for _, st := range steps {
 		if _, err := run(ctx, st[0], st[1:]...); err != nil {
@@ -152,14 +176,70 @@ func setupNetwork(ctx context.Context, s Spec, pid int) error {
 		{"ip", "route", "add", "default", "via", s.Network.Gateway.String()},
 	}
 	for _, st := range inner {
-		if _, err := inNetns(ctx, pid, st[0], st[1:]...); err != nil {
+		if _, err := in(st[0], st[1:]...); err != nil {
 			_, _ = run(ctx, "ip", "link", "del", host)
 			return err
 		}
 	}
 	// Tell neighbours (the bridge's ARP cache) where the address is now.
-	_, _ = inNetns(ctx, pid, "ip", "neigh", "flush", "dev", "eth0")
+	_, _ = in("ip", "neigh", "flush", "dev", "eth0")
 	return nil
+}
+
+// newNetns creates an empty network namespace and returns a descriptor
+// that keeps it alive: closing the last one (with no process in it)
+// destroys it, with the veth ends inside.
+func newNetns() (*os.File, error) {
+	type result struct {
+		f   *os.File
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// Unshare affects this thread only; it returns to its namespace
+		// before it serves other goroutines, or dies with this one.
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("new network namespace: %w", err)}
+			return
+		}
+		f, err := os.Open("/proc/thread-self/ns/net")
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			if f != nil {
+				f.Close()
+			}
+			ch <- result{err: fmt.Errorf("return to the agent's network namespace: %w", serr)}
+			return // the thread stays locked and exits with the goroutine
+		}
+		runtime.UnlockOSThread()
+		ch <- result{f, err}
+	}()
+	r := <-ch
+	return r.f, r.err
+}
+
+// fdPath names an open descriptor of this process by path, which tools
+// (nsenter, ip) and CRIU can open.
+func fdPath(f *os.File) string {
+	return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+}
+
+// netnsInode is the inode number of pid's network namespace: CRIU names
+// an external namespace by it.
+func netnsInode(pid int) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
 }
 
 // setPortForwarding enables or disables the pod's port on its bridge. A

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -266,10 +268,33 @@ func roundTripBed(t *testing.T, strategy string) (a, b *testbed.Host, l *load, s
 
 // checkMovedToB checks that kv runs on B as A's pod, with its data, and
 // that A knows it is there.
-func checkMovedToB(t *testing.T, a, b *testbed.Host) {
+// podNetwork describes the network a pod's processes see: links with
+// their MACs and states, addresses, routes (the peer's interface index
+// left out, it differs between hosts).
+func podNetwork(t *testing.T, pid int) string {
 	t.Helper()
-	if p := waitPod(t, b, "kv", "running"); p.Home != "hosta" {
+	var out strings.Builder
+	for _, args := range [][]string{{"-br", "link"}, {"-br", "addr"}, {"route"}} {
+		cmd := exec.Command("nsenter", append([]string{"--net=/proc/" + strconv.Itoa(pid) + "/ns/net", "--", "ip"}, args...)...)
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip %v in the pod: %v\n%s", args, err, b)
+		}
+		out.Write(b)
+	}
+	return regexp.MustCompile(`@if\d+`).ReplaceAllString(out.String(), "")
+}
+
+// checkMovedToB checks that the pod runs on B with its data, and with the
+// network (want, from podNetwork) it had on A.
+func checkMovedToB(t *testing.T, a, b *testbed.Host, want string) {
+	t.Helper()
+	p := waitPod(t, b, "kv", "running")
+	if p.Home != "hosta" {
 		t.Fatalf("on B: %+v", p)
+	}
+	if got := podNetwork(t, p.Pid); got != want {
+		t.Errorf("the pod's network on B:\n%s\nwant, as on A:\n%s", got, want)
 	}
 	if p := waitPod(t, a, "kv", "migrated"); p.Location != "hostb" {
 		t.Fatalf("on A: %+v", p)
@@ -282,6 +307,7 @@ func checkMovedToB(t *testing.T, a, b *testbed.Host) {
 
 func testRoundTrip(t *testing.T, strategy string) {
 	a, b, l, sums := roundTripBed(t, strategy)
+	net := podNetwork(t, waitPod(t, a, "kv", "running").Pid)
 
 	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
 	t.Logf("migrate A→B:\n%s", out)
@@ -290,12 +316,14 @@ func testRoundTrip(t *testing.T, strategy string) {
 	}
 	pauseAB := l.pause()
 	l.check(t)
-	checkMovedToB(t, a, b)
+	checkMovedToB(t, a, b, net)
 
 	out = a.MustCtl(t, "return")
 	t.Logf("return B→A:\n%s", out)
 	pauseBA := l.pause()
-	waitPod(t, a, "kv", "running")
+	if got := podNetwork(t, waitPod(t, a, "kv", "running").Pid); got != net {
+		t.Errorf("the pod's network back on A:\n%s\nwant:\n%s", got, net)
+	}
 	if _, ok := podOn(t, b, "kv"); ok {
 		t.Fatal("kv still listed on B after return")
 	}

@@ -54,6 +54,7 @@ func TestMigratePreCopy(t *testing.T) {
 		t.Skip(why)
 	}
 
+	net := podNetwork(t, waitPod(t, a, "kv", "running").Pid)
 	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb", "--strategy", "pre-copy")
 	t.Logf("migrate A→B:\n%s", out)
 	logA := a.AgentLog()
@@ -70,7 +71,7 @@ func TestMigratePreCopy(t *testing.T) {
 	}
 	pauseAB := l.pause()
 	l.check(t)
-	checkMovedToB(t, a, b)
+	checkMovedToB(t, a, b, net)
 
 	out = a.MustCtl(t, "return")
 	t.Logf("return B→A:\n%s", out)
