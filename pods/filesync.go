@@ -43,13 +43,35 @@ type fileTree struct {
 	stamps  map[string]fileStamp
 }
 
-// scanTree walks the roots (directories or single files).
-func scanTree(roots []string) (fileTree, error) {
+// scanTree walks the roots (directories or single files). In the roots
+// that are oneMount, what another mount covers is taken as its empty
+// mountpoint (see mountpoint).
+func scanTree(roots []string, oneMount map[string]bool) (fileTree, error) {
 	t := fileTree{stamps: map[string]fileStamp{}}
 	for _, root := range roots {
+		rootMnt := uint64(0)
+		if oneMount[root] {
+			var err error
+			if rootMnt, err = mountID(root); err != nil {
+				return t, fmt.Errorf("scan %s: %w", root, err)
+			}
+		}
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
+			}
+			if rootMnt != 0 {
+				if id, err := mountID(path); err != nil {
+					return err
+				} else if id != rootMnt {
+					e := mountpoint(path, d.IsDir())
+					t.entries = append(t.entries, e)
+					t.stamps[path] = fileStamp{kind: e.Kind}
+					if d.IsDir() {
+						return fs.SkipDir
+					}
+					return nil
+				}
 			}
 			fi, err := os.Lstat(path)
 			if err != nil {
@@ -91,6 +113,25 @@ func scanTree(roots []string) (fileTree, error) {
 	return t, nil
 }
 
+// mountID is the id of the mount path is on (not following a last symlink).
+func mountID(path string) (uint64, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &stx); err != nil {
+		return 0, &fs.PathError{Op: "statx", Path: path, Err: err}
+	}
+	return stx.Mnt_id, nil
+}
+
+// mountpoint stands for what another mount covers at path: an empty
+// directory or file, which is all the restore needs there (CRIU mounts it
+// again). The pod's view hides what the mountpoint really holds.
+func mountpoint(path string, dir bool) fileEntry {
+	if dir {
+		return fileEntry{Path: path, Kind: "dir", Mode: 0o755}
+	}
+	return fileEntry{Path: path, Kind: "file", Mode: 0o644}
+}
+
 // changedSince returns the entries of t that are new or changed compared
 // with old, and the paths of old that are gone.
 func (t fileTree) changedSince(old fileTree) (changed []fileEntry, deleted []string) {
@@ -115,8 +156,23 @@ type filesMsg struct {
 	Deleted []string    `json:"deleted,omitempty"`
 }
 
-func sendFiles(c MigrationConn, entries []fileEntry, deleted []string) (int64, error) {
-	if err := c.Send("files", filesMsg{Entries: entries, Deleted: deleted}); err != nil {
+// sendFiles sends one pass. wire, if not nil, maps a path here to the one
+// the peer writes (the pod's tmpfs contents are read from clones of its
+// mounts and written below the peer's own tmpfs mounts).
+func sendFiles(c MigrationConn, entries []fileEntry, deleted []string, wire func(string) string) (int64, error) {
+	msg := filesMsg{Entries: entries, Deleted: deleted}
+	if wire != nil {
+		msg.Entries = make([]fileEntry, len(entries))
+		for i, e := range entries {
+			e.Path = wire(e.Path)
+			msg.Entries[i] = e
+		}
+		msg.Deleted = make([]string, len(deleted))
+		for i, d := range deleted {
+			msg.Deleted[i] = wire(d)
+		}
+	}
+	if err := c.Send("files", msg); err != nil {
 		return 0, err
 	}
 	var total int64

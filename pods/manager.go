@@ -765,6 +765,10 @@ func (m *Manager) cleanup(ctx context.Context, name string) {
 	if err := removeVeth(ctx, name); err != nil {
 		m.cfg.Log.Warn("remove veth", "pod", name, "err", err)
 	}
+	// Left by an incoming migration that did not finish (see tmpfs.go).
+	if err := unmountTmpfsDirs(filepath.Join(m.podDir(name), "tmpfs")); err != nil {
+		m.cfg.Log.Warn("detach the tmpfs of an incoming pod", "pod", name, "err", err)
+	}
 	if err := m.cg.remove(name); err != nil {
 		m.cfg.Log.Warn("remove cgroups", "pod", name, "err", err)
 	}

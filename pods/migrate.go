@@ -143,6 +143,9 @@ type migrateOffer struct {
 	// ExtNetns: the source can dump the pod's network namespace as
 	// external, if the peer builds one for the pod (see prepareNetns).
 	ExtNetns bool `json:"ext_netns,omitempty"`
+	// Tmpfs: the source can move the pod's tmpfs contents itself, if the
+	// peer mounts tmpfs for them (see tmpfs.go).
+	Tmpfs bool `json:"tmpfs,omitempty"`
 }
 type migrateAccept struct {
 	NeedInit bool   `json:"need_init"`
@@ -154,6 +157,10 @@ type migrateAccept struct {
 	// ExtNetns: the peer has built the pod's network namespace; the dump
 	// must leave it out.
 	ExtNetns bool `json:"ext_netns,omitempty"`
+	// TmpfsDir: the peer has mounted tmpfs for the pod's /tmp, /run and
+	// /dev/shm below this directory; their contents go there with the
+	// files, and the dump leaves them out.
+	TmpfsDir string `json:"tmpfs_dir,omitempty"`
 }
 type imagesMsg struct {
 	Files []ImageFile `json:"files"`
@@ -477,7 +484,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		}
 	}
 	offer := migrateOffer{Neighbours: neighbours, Txn: txn, Pod: s, InitHash: initHash, CriuVersion: m.criuVersion, Kernel: kernelRelease(), Roots: roots,
-		Strategy: want, Support: m.strategies, ExtNetns: true}
+		Strategy: want, Support: m.strategies, ExtNetns: true, Tmpfs: true}
 	if err := conn.Send("migrate-offer", offer); err != nil {
 		return res, fmt.Errorf("migrate %s: %w", s.Name, err)
 	}
@@ -537,6 +544,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	lazyRunning := false
 	var pageBytes *tally // what a lazy dump's page server sent
 	var held *trafficHold
+	var tmpfs *tmpfsSource // nil: CRIU saves the pod's tmpfs mounts
 	rollback := func(cause error) (MigrationResult, error) {
 		report(PhaseRollback)
 		conn.SendError(cause)
@@ -567,7 +575,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// sendPass sends one pass of files and waits for the peer to apply it.
 	sendPass := func(entries []fileEntry, deleted []string) error {
-		n, err := sendFiles(conn, entries, deleted)
+		n, err := sendFiles(conn, entries, deleted, tmpfs.wirePath)
 		sent += n
 		res.FileBytes += n
 		if err != nil {
@@ -589,7 +597,12 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// 2. Copy the pod's files while it runs.
 	report(PhaseFiles)
-	tree1, err := scanTree(roots)
+	scanRoots := roots
+	if acc.TmpfsDir != "" {
+		tmpfs = newTmpfsSource(pid, acc.TmpfsDir)
+		scanRoots = append(slices.Clip(roots), tmpfs.roots...)
+	}
+	tree1, err := scanTree(scanRoots, tmpfs.oneMount())
 	if err != nil {
 		return rollback(err)
 	}
@@ -643,6 +656,11 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	}
 	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
 		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash), ExtNetns: acc.ExtNetns}
+	if tmpfs != nil {
+		for _, t := range podTmpfsMounts {
+			req.ExtMounts[t.target] = "" // a dump takes the targets only
+		}
+	}
 	if m.fault != nil {
 		req.notify = faultNotify{fault: m.fault}
 	}
@@ -707,7 +725,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// 4. What changed in the pod's files since the first pass.
 	report(PhaseDelta)
-	tree2, err := scanTree(roots)
+	tree2, err := scanTree(scanRoots, tmpfs.oneMount())
 	if err != nil {
 		return rollback(err)
 	}
@@ -1038,6 +1056,17 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 			}
 		}
 	}
+	recvRoots := offer.Roots
+	var tmpfsDirs map[string]string
+	tmpfsBase := filepath.Join(m.podDir(s.Name), "tmpfs")
+	if offer.Tmpfs {
+		if tmpfsDirs, err = mountTmpfsDirs(tmpfsBase); err != nil {
+			return fail(err)
+		}
+		for _, d := range tmpfsDirs {
+			recvRoots = append(slices.Clip(recvRoots), d)
+		}
+	}
 	if offer.ExtNetns {
 		if netns, err = m.prepareNetns(ctx, s, offer.Neighbours); err != nil {
 			return fail(fmt.Errorf("build the pod's network namespace: %w", err))
@@ -1050,8 +1079,11 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	}
 	initPath := m.initPath(offer.InitHash)
 	_, statErr := os.Stat(initPath)
-	if err := conn.Send("migrate-accept", migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil || precopy,
-		ExtNetns: netns != nil}); err != nil {
+	acc := migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil || precopy, ExtNetns: netns != nil}
+	if tmpfsDirs != nil {
+		acc.TmpfsDir = tmpfsBase
+	}
+	if err := conn.Send("migrate-accept", acc); err != nil {
 		return fail(err)
 	}
 	if statErr != nil {
@@ -1061,7 +1093,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	}
 	report(PhaseFiles)
 	for pass := 0; pass < 2; pass++ {
-		n, err := recvFiles(conn, offer.Roots)
+		n, err := recvFiles(conn, recvRoots)
 		received += n
 		if err != nil {
 			return fail(err)
@@ -1133,9 +1165,15 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		}
 		pagePort = port
 	}
-	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours, netns)
+	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours, netns, tmpfsDirs)
 	if err != nil {
 		return fail(err)
+	}
+	if tmpfsDirs != nil {
+		// The pod has its own mounts of them now.
+		if err := unmountTmpfsDirs(tmpfsBase); err != nil {
+			m.cfg.Log.Warn("detach the host's mounts of the pod's tmpfs", "pod", s.Name, "err", err)
+		}
 	}
 	if netns != nil {
 		netns.Close() // the pod's processes hold it now
@@ -1351,13 +1389,14 @@ func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
 	return err
 }
 
-// restoreIsolated restores a migrated pod with its bridge port disabled.
+// restoreIsolated restores a migrated pod cut off from its bridge.
 // With a pagePort it restores lazily: a CRIU lazy-pages daemon, returned
 // running, fetches the memory from the page server reached at
 // 127.0.0.1:pagePort (the relay to the source). With a netns (from
 // prepareNetns) the pod goes into it; without, CRIU rebuilds the pod's
-// namespace from the images.
-func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string, pagePort int, neighbours []neighbour, netns *os.File) (pid int, daemon *lazyDaemon, err error) {
+// namespace from the images. tmpfsDirs, by target in the pod, are the
+// tmpfs that become the pod's own (see tmpfs.go).
+func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string, pagePort int, neighbours []neighbour, netns *os.File, tmpfsDirs map[string]string) (pid int, daemon *lazyDaemon, err error) {
 	if err := m.cg.create(s.Name, s.Limits); err != nil {
 		return 0, nil, err
 	}
@@ -1380,6 +1419,9 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 	}
 	req := criuRequest{ImagesDir: dir, WorkDir: workDir, LogName: "migrate-restore.log",
 		Root: rootFS(s), ExtMounts: m.extMounts(s, initHash), CgroupRoot: m.cg.relPath(s.Name), CgroupControllers: m.cg.controllers()}
+	for target, d := range tmpfsDirs {
+		req.ExtMounts[target] = d
+	}
 	if netns != nil {
 		req.Netns = netns
 	} else if s.Network.Address.IsValid() {

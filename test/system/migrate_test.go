@@ -3,7 +3,9 @@
 package system
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -305,9 +307,70 @@ func checkMovedToB(t *testing.T, a, b *testbed.Host, want string) {
 	time.Sleep(300 * time.Millisecond)
 }
 
+// podTmpfsFiles are files the tests put in a pod's tmpfs mounts, by path in
+// the pod, with their modes.
+var podTmpfsFiles = map[string]os.FileMode{
+	"/tmp/kv-test/note": 0o600, "/run/kv-test.pid": 0o644, "/dev/shm/kv-test-segment": 0o640,
+}
+
+// writePodTmpfs writes podTmpfsFiles into the pod whose init is pid and
+// returns their contents.
+func writePodTmpfs(t *testing.T, pid int) map[string][]byte {
+	t.Helper()
+	want := map[string][]byte{}
+	for p, mode := range podTmpfsFiles {
+		data := make([]byte, 64<<10)
+		rand.Read(data)
+		host := fmt.Sprintf("/proc/%d/root%s", pid, p)
+		if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(host, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(host, mode); err != nil {
+			t.Fatal(err)
+		}
+		want[p] = data
+	}
+	return want
+}
+
+// checkPodTmpfs checks that the pod whose init is pid has the files
+// writePodTmpfs wrote, on tmpfs mounts of its own, and its init binary
+// still mounted under /run.
+func checkPodTmpfs(t *testing.T, where string, pid int, want map[string][]byte) {
+	t.Helper()
+	for p, data := range want {
+		host := fmt.Sprintf("/proc/%d/root%s", pid, p)
+		got, err := os.ReadFile(host)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s: %s: %d bytes, %v; want the %d bytes written on A", where, p, len(got), err, len(data))
+			continue
+		}
+		if fi, err := os.Stat(host); err != nil || fi.Mode().Perm() != podTmpfsFiles[p] {
+			t.Errorf("%s: %s: mode %v, %v; want %v", where, p, fi.Mode().Perm(), err, podTmpfsFiles[p])
+		}
+	}
+	mounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mounts", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{" /tmp tmpfs ", " /run tmpfs ", " /dev/shm tmpfs "} {
+		if !strings.Contains(string(mounts), m) {
+			t.Errorf("%s: the pod has no%s mount:\n%s", where, strings.TrimSuffix(m, " "), mounts)
+		}
+	}
+	if fi, err := os.Stat(fmt.Sprintf("/proc/%d/root/run/autopod/init", pid)); err != nil || fi.Size() == 0 {
+		t.Errorf("%s: the pod's /run/autopod/init is not its init binary any more: %v %v", where, fi, err)
+	}
+}
+
 func testRoundTrip(t *testing.T, strategy string) {
 	a, b, l, sums := roundTripBed(t, strategy)
-	net := podNetwork(t, waitPod(t, a, "kv", "running").Pid)
+	pid := waitPod(t, a, "kv", "running").Pid
+	net := podNetwork(t, pid)
+	files := writePodTmpfs(t, pid)
 
 	out := a.MustCtl(t, "migrate", "kv", "--to", "hostb")
 	t.Logf("migrate A→B:\n%s", out)
@@ -317,13 +380,16 @@ func testRoundTrip(t *testing.T, strategy string) {
 	pauseAB := l.pause()
 	l.check(t)
 	checkMovedToB(t, a, b, net)
+	checkPodTmpfs(t, "on B", waitPod(t, b, "kv", "running").Pid, files)
 
 	out = a.MustCtl(t, "return")
 	t.Logf("return B→A:\n%s", out)
 	pauseBA := l.pause()
-	if got := podNetwork(t, waitPod(t, a, "kv", "running").Pid); got != net {
+	pid = waitPod(t, a, "kv", "running").Pid
+	if got := podNetwork(t, pid); got != net {
 		t.Errorf("the pod's network back on A:\n%s\nwant:\n%s", got, net)
 	}
+	checkPodTmpfs(t, "back on A", pid, files)
 	if _, ok := podOn(t, b, "kv"); ok {
 		t.Fatal("kv still listed on B after return")
 	}
@@ -331,6 +397,12 @@ func testRoundTrip(t *testing.T, strategy string) {
 
 	acked := checkWrites(t, l, sums)
 	t.Logf("%d acknowledged writes, all present; client-seen pause A→B %s, B→A %s", acked, pauseAB, pauseBA)
+
+	// A pod that came back through migrations checkpoints and restores
+	// locally with its tmpfs contents (CRIU saves those again).
+	a.MustCtl(t, "checkpoint", "kv")
+	a.MustCtl(t, "restore", "kv")
+	checkPodTmpfs(t, "after a local checkpoint and restore", waitPod(t, a, "kv", "running").Pid, files)
 }
 
 // checkWrites ends the load and checks that every write redis
