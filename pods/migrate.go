@@ -1238,13 +1238,22 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 		return nil
 	}
 	// A namespace built for the migration (prepareNetns) has its host
-	// end down until now.
-	if ifc, err := net.InterfaceByName(hostVeth(s.Name)); err == nil && ifc.Flags&net.FlagUp == 0 {
-		if _, err := run(ctx, "ip", "link", "set", hostVeth(s.Name), "up"); err != nil {
+	// end down until now. Once up, the bridge makes the port forward by
+	// itself (no spanning tree), a moment later (link watch).
+	veth := hostVeth(s.Name)
+	if ifc, err := net.InterfaceByName(veth); err == nil && ifc.Flags&net.FlagUp == 0 {
+		if err := linkUp(veth); err != nil {
 			return err
 		}
+		for deadline := time.Now().Add(100 * time.Millisecond); !portForwarding(veth) && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 	}
-	if err := setPortForwarding(ctx, hostVeth(s.Name), true); err != nil {
+	if portForwarding(veth) {
+		go announce(context.Background(), pid, s)
+		return nil
+	}
+	if err := setPortForwarding(ctx, veth, true); err != nil {
 		host, _ := run(ctx, "ip", "-br", "link", "show", "dev", hostVeth(s.Name))
 		pod, _ := inNetns(ctx, pid, "ip", "-br", "link", "show", "dev", "eth0")
 		return fmt.Errorf("%w (host end: %s; pod end: %s)", err, strings.TrimSpace(host), strings.TrimSpace(pod))

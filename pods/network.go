@@ -264,6 +264,35 @@ func setPortForwarding(ctx context.Context, veth string, on bool) error {
 	return err
 }
 
+// linkUp brings a link up (SIOCSIFFLAGS: no ip(8) run inside a
+// migration's freeze).
+func linkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("link %s: %w", name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring %s up: %w", name, err)
+	}
+	return nil
+}
+
+// portForwarding reports whether the bridge port veth forwards (its
+// state in sysfs is 3).
+func portForwarding(veth string) bool {
+	b, err := os.ReadFile("/sys/class/net/" + veth + "/brport/state")
+	return err == nil && strings.TrimSpace(string(b)) == "3"
+}
+
 // podMAC derives the pod's MAC address from its IPv4 address (locally
 // administered, 0a:58:a.b.c.d, as Kubernetes' bridge plugin does), so that
 // a restarted pod keeps its MAC and neighbours' ARP caches stay right; a
