@@ -1238,18 +1238,23 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 		return nil
 	}
 	// A namespace built for the migration (prepareNetns) has its host
-	// end down until now. Once up, the bridge makes the port forward by
-	// itself (no spanning tree), a moment later (link watch).
+	// end down until now. The bridge makes a port forward (no spanning
+	// tree) as soon as its link is operationally up, a moment after it is
+	// brought up (link watch).
 	veth := hostVeth(s.Name)
 	if ifc, err := net.InterfaceByName(veth); err == nil && ifc.Flags&net.FlagUp == 0 {
 		if err := linkUp(veth); err != nil {
 			return err
 		}
-		for deadline := time.Now().Add(100 * time.Millisecond); !portForwarding(veth) && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+			ifc, err := net.InterfaceByName(veth)
+			if err == nil && ifc.Flags&net.FlagRunning != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the pod's link %s did not come up: %v", veth, err)
+			}
 		}
-	}
-	if portForwarding(veth) {
 		go announce(context.Background(), pid, s)
 		return nil
 	}

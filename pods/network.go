@@ -286,13 +286,6 @@ func linkUp(name string) error {
 	return nil
 }
 
-// portForwarding reports whether the bridge port veth forwards (its
-// state in sysfs is 3).
-func portForwarding(veth string) bool {
-	b, err := os.ReadFile("/sys/class/net/" + veth + "/brport/state")
-	return err == nil && strings.TrimSpace(string(b)) == "3"
-}
-
 // podMAC derives the pod's MAC address from its IPv4 address (locally
 // administered, 0a:58:a.b.c.d, as Kubernetes' bridge plugin does), so that
 // a restarted pod keeps its MAC and neighbours' ARP caches stay right; a
