@@ -1159,10 +1159,17 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	// good, with the memory this copy fetches).
 	pagePort := 0
 	if lazy {
-		port, _, err := m.startPageRelay(ctx, peer, offer.Txn, nil, nil)
+		port, relayDone, err := m.startPageRelay(ctx, peer, offer.Txn, nil, nil)
 		if err != nil {
 			return fail(err)
 		}
+		go func() {
+			// The daemon's own failure says what became of the pod; this
+			// says why.
+			if err := <-relayDone; err != nil {
+				m.cfg.Log.Warn("post-copy page relay ended", "pod", s.Name, "peer", peer, "err", err)
+			}
+		}()
 		pagePort = port
 	}
 	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours, netns, tmpfsDirs)
