@@ -708,3 +708,48 @@ func TestPostCopyFailures(t *testing.T) {
 		})
 	}
 }
+
+// A pod without an address of its own still has its own network namespace
+// (loopback only): it moves to the namespace the peer builds, and its
+// processes carry on where they were (a shell counting into its /tmp).
+func TestMigratePodWithoutAddress(t *testing.T) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	os.WriteFile(filepath.Join(a.PodsDir, "counter.toml"), []byte(`command = "/bin/sh"
+args = ["-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done"]
+`), 0o644)
+	for _, h := range bed.Hosts {
+		h.Configure(t, `migration_strategy = "post-copy"`)
+	}
+	a.StartAgent(t)
+	b.StartAgent(t)
+	bed.Pair(t)
+	count := func(pid int) int {
+		t.Helper()
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/count", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err != nil {
+			t.Fatalf("count %q: %v", data, err)
+		}
+		return n
+	}
+	pid := waitPod(t, a, "counter", "running").Pid
+	time.Sleep(500 * time.Millisecond)
+	before := count(pid)
+	links := podNetwork(t, pid)
+
+	t.Logf("migrate:\n%s", a.MustCtl(t, "migrate", "counter", "--to", "hostb"))
+	p := waitPod(t, b, "counter", "running")
+	time.Sleep(200 * time.Millisecond)
+	if after := count(p.Pid); after <= before {
+		t.Errorf("the count went from %d on A to %d on B: the shell did not carry on", before, after)
+	}
+	if got := podNetwork(t, p.Pid); got != links {
+		t.Errorf("the pod's network on B:\n%s\nwant, as on A:\n%s", got, links)
+	}
+	t.Logf("return:\n%s", a.MustCtl(t, "return"))
+	waitPod(t, a, "counter", "running")
+}
