@@ -2,12 +2,15 @@ package pods
 
 import (
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeCriu writes a shell script standing in for the criu binary.
@@ -100,5 +103,54 @@ func TestCriuWorkerFindsChildByDir(t *testing.T) {
 	}
 	if why := stop(); why == "" {
 		t.Error("stop() does not say the worker was killed")
+	}
+}
+
+// A pod owns what is below its directories: a symbolic link it planted,
+// even on the way, must not make the agent read a host file, and a FIFO
+// must not hang the copy.
+func TestOpenBeneathRefusesLinksAndFIFOs(t *testing.T) {
+	root, host := t.TempDir(), t.TempDir()
+	secret := filepath.Join(host, "secret")
+	os.WriteFile(secret, []byte("host only"), 0o600)
+	os.MkdirAll(filepath.Join(root, "d"), 0o755)
+	os.WriteFile(filepath.Join(root, "d", "f"), []byte("pod data"), 0o644)
+	os.Symlink(secret, filepath.Join(root, "link"))
+	os.Symlink(host, filepath.Join(root, "dirlink"))
+	if err := unix.Mkfifo(filepath.Join(root, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]*os.File{}
+	defer func() {
+		for _, d := range dirs {
+			d.Close()
+		}
+	}()
+	f, err := openBeneath(filepath.Join(root, "d", "f"), []string{root}, dirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(f)
+	f.Close()
+	if string(data) != "pod data" {
+		t.Fatalf("read %q", data)
+	}
+	for _, p := range []string{"link", "dirlink/secret", "fifo", "missing"} {
+		done := make(chan error, 1)
+		go func() {
+			f, err := openBeneath(filepath.Join(root, p), []string{root}, dirs)
+			if f != nil {
+				f.Close()
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s: opened", p)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: open hangs", p)
+		}
 	}
 }

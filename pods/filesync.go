@@ -156,10 +156,10 @@ type filesMsg struct {
 	Deleted []string    `json:"deleted,omitempty"`
 }
 
-// sendFiles sends one pass. wire, if not nil, maps a path here to the one
+// sendFiles sends one pass of entries found below roots (see scanTree). wire, if not nil, maps a path here to the one
 // the peer writes (the pod's tmpfs contents are read from clones of its
 // mounts and written below the peer's own tmpfs mounts).
-func sendFiles(c MigrationConn, entries []fileEntry, deleted []string, wire func(string) string) (int64, error) {
+func sendFiles(c MigrationConn, entries []fileEntry, deleted []string, roots []string, wire func(string) string) (int64, error) {
 	msg := filesMsg{Entries: entries, Deleted: deleted}
 	if wire != nil {
 		msg.Entries = make([]fileEntry, len(entries))
@@ -176,22 +176,91 @@ func sendFiles(c MigrationConn, entries []fileEntry, deleted []string, wire func
 		return 0, err
 	}
 	var total int64
+	dirs := map[string]*os.File{}
+	defer func() {
+		for _, d := range dirs {
+			d.Close()
+		}
+	}()
 	for _, e := range entries {
 		if e.Kind != "file" {
 			continue
 		}
-		f, err := os.Open(e.Path)
-		if err != nil {
-			return total, err
+		// What the pod changed since the scan (the first pass runs while
+		// it runs) goes as scanned: a file that is gone, no longer a
+		// regular file, or shorter is sent as its announced size,
+		// padded with zeros. Its stamp changed, so the pass after the
+		// freeze sends it again, or deletes it.
+		var content io.Reader = zeros{}
+		f, err := openBeneath(e.Path, roots, dirs)
+		if err == nil {
+			content = io.MultiReader(f, zeros{})
 		}
-		n, _, err := c.SendStream(io.LimitReader(f, e.Size))
-		f.Close()
+		n, _, err := c.SendStream(io.LimitReader(content, e.Size))
+		if f != nil {
+			f.Close()
+		}
 		total += n
 		if err != nil {
 			return total, fmt.Errorf("send %s: %w", e.Path, err)
 		}
 	}
 	return total, nil
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// openBeneath opens the regular file at path, below one of roots, without
+// following any symbolic link below that root: the pod owns what is in
+// its directories and tmpfs, and a link it planted (even swapped in after
+// the scan) must not make the agent read a file of the host into the
+// pod's copy on the peer. It does not block on a FIFO swapped in either.
+// dirs caches the roots' descriptors.
+func openBeneath(path string, roots []string, dirs map[string]*os.File) (*os.File, error) {
+	root := ""
+	for _, r := range roots {
+		if (path == r || strings.HasPrefix(path, r+"/")) && len(r) > len(root) {
+			root = r
+		}
+	}
+	const flags = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NONBLOCK
+	var f *os.File
+	if root == "" || path == root {
+		// A root that is a single file (a data bind): the operator's path.
+		fd, err := unix.Open(path, flags, 0)
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+		f = os.NewFile(uintptr(fd), path)
+	} else {
+		d, ok := dirs[root]
+		if !ok {
+			var err error
+			if d, err = os.OpenFile(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+				return nil, err
+			}
+			dirs[root] = d
+		}
+		fd, err := unix.Openat2(int(d.Fd()), strings.TrimPrefix(path, root+"/"), &unix.OpenHow{
+			Flags:   flags,
+			Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+		})
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+		f = os.NewFile(uintptr(fd), path)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, &fs.PathError{Op: "open", Path: path, Err: unix.EINVAL}
+	}
+	return f, nil
 }
 
 // within reports whether path is one of roots or below one.

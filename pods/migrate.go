@@ -573,9 +573,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		return res, fmt.Errorf("migrate %s to %s: %w", s.Name, peer, cause)
 	}
 
+	scanRoots := roots // the pod's directories, then its tmpfs (below)
 	// sendPass sends one pass of files and waits for the peer to apply it.
 	sendPass := func(entries []fileEntry, deleted []string) error {
-		n, err := sendFiles(conn, entries, deleted, tmpfs.wirePath)
+		n, err := sendFiles(conn, entries, deleted, scanRoots, tmpfs.wirePath)
 		sent += n
 		res.FileBytes += n
 		if err != nil {
@@ -597,7 +598,6 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// 2. Copy the pod's files while it runs.
 	report(PhaseFiles)
-	scanRoots := roots
 	if acc.TmpfsDir != "" {
 		tmpfs = newTmpfsSource(pid, acc.TmpfsDir)
 		scanRoots = append(slices.Clip(roots), tmpfs.roots...)

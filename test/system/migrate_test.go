@@ -711,12 +711,28 @@ func TestPostCopyFailures(t *testing.T) {
 
 // A pod without an address of its own still has its own network namespace
 // (loopback only): it moves to the namespace the peer builds, and its
-// processes carry on where they were (a shell counting into its /tmp).
+// processes carry on where they were (a program counting into its /tmp).
+// It also creates and deletes a file in /tmp every millisecond: files that
+// change or vanish while the first pass copies them must not fail the
+// migration. (It does not fork: see the README's limits.)
 func TestMigratePodWithoutAddress(t *testing.T) {
 	bed := testbed.New(t, 2)
 	a, b := bed.Hosts[0], bed.Hosts[1]
-	os.WriteFile(filepath.Join(a.PodsDir, "counter.toml"), []byte(`command = "/bin/sh"
-args = ["-c", "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done"]
+	os.WriteFile(filepath.Join(a.PodsDir, "counter.toml"), []byte(`command = "/usr/bin/python3"
+args = ["-c", """
+import os, time
+i = 0
+while True:
+    i += 1
+    with open('/tmp/count.new', 'w') as f:
+        f.write(str(i))
+    os.rename('/tmp/count.new', '/tmp/count')
+    with open('/tmp/churn.%d' % i, 'wb') as f:
+        f.write(bytes(65536))
+    if i > 1:
+        os.unlink('/tmp/churn.%d' % (i - 1))
+    time.sleep(0.001)
+"""]
 `), 0o644)
 	for _, h := range bed.Hosts {
 		h.Configure(t, `migration_strategy = "post-copy"`)
