@@ -154,3 +154,15 @@ func TestOpenBeneathRefusesLinksAndFIFOs(t *testing.T) {
 		}
 	}
 }
+
+func TestTmpfsMovable(t *testing.T) {
+	for _, c := range []struct {
+		target string
+		want   bool
+	}{{"/data", true}, {"/tmp/cache", true}, {"/tmp", false}, {"/run/", false}, {"/dev/shm", false}} {
+		s := Spec{Mounts: []Mount{{Source: "/srv/x", Target: c.target}}}
+		if got := tmpfsMovable(s); got != c.want {
+			t.Errorf("a bind on %s: tmpfsMovable = %v, want %v", c.target, got, c.want)
+		}
+	}
+}

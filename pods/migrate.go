@@ -1015,6 +1015,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		}
 		if netns != nil {
 			netns.Close()
+			netns = nil
 		}
 		if pid > 0 {
 			_ = unix.Kill(pid, unix.SIGKILL)
@@ -1059,7 +1060,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	recvRoots := offer.Roots
 	var tmpfsDirs map[string]string
 	tmpfsBase := filepath.Join(m.podDir(s.Name), "tmpfs")
-	if offer.Tmpfs {
+	if offer.Tmpfs && tmpfsMovable(s) {
 		if tmpfsDirs, err = mountTmpfsDirs(tmpfsBase); err != nil {
 			return fail(err)
 		}

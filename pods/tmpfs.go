@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -33,6 +34,20 @@ var podTmpfsMounts = []podTmpfs{
 	{"/tmp", "tmp", "mode=1777"},
 	{"/run", "run", "mode=755"},
 	{"/dev/shm", "shm", "mode=1777"},
+}
+
+// tmpfsMovable reports whether a migration may move s's tmpfs mounts
+// itself: not when a data bind covers one of them (the target of the
+// bind is the pod's /tmp, say), where CRIU keeps doing it.
+func tmpfsMovable(s Spec) bool {
+	for _, b := range s.Mounts {
+		for _, t := range podTmpfsMounts {
+			if path.Clean(b.Target) == t.target {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // tmpfsSource is the source's view of a pod's tmpfs mounts for a

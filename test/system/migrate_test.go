@@ -769,3 +769,63 @@ while True:
 	t.Logf("return:\n%s", a.MustCtl(t, "return"))
 	waitPod(t, a, "counter", "running")
 }
+
+// A data bind on /tmp covers the pod's own tmpfs there: then CRIU moves
+// the pod's tmpfs mounts as it always did, and the bind's directory moves
+// with the files.
+func TestMigratePodWithDataOnTmp(t *testing.T) {
+	bed := testbed.New(t, 2)
+	a, b := bed.Hosts[0], bed.Hosts[1]
+	os.MkdirAll(filepath.Join(a.DataDir, "scratch"), 0o755)
+	os.WriteFile(filepath.Join(a.PodsDir, "scratch.toml"), []byte(fmt.Sprintf(`command = "/usr/bin/python3"
+args = ["-c", """
+import time
+i = 0
+while True:
+    i += 1
+    open('/tmp/count', 'w').write(str(i))
+    open('/run/count', 'w').write(str(i))
+    time.sleep(0.01)
+"""]
+[[mount]]
+source = %q
+target = "/tmp"
+`, filepath.Join(bed.Shared, "scratch"))), 0o644)
+	a.StartAgent(t)
+	b.StartAgent(t)
+	bed.Pair(t)
+	read := func(pid int, p string) int {
+		t.Helper()
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s", pid, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		return n
+	}
+	pid := waitPod(t, a, "scratch", "running").Pid
+	time.Sleep(300 * time.Millisecond)
+	before := read(pid, "/run/count")
+	t.Logf("migrate:\n%s", a.MustCtl(t, "migrate", "scratch", "--to", "hostb"))
+	p := waitPod(t, b, "scratch", "running")
+	time.Sleep(200 * time.Millisecond)
+	if after := read(p.Pid, "/run/count"); after <= before {
+		t.Errorf("the count went from %d on A to %d on B", before, after)
+	}
+	// The pod's /tmp on B is B's data directory, which it keeps writing.
+	onDisk := func() int {
+		data, _ := os.ReadFile(filepath.Join(b.DataDir, "scratch", "count"))
+		n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		return n
+	}
+	first := onDisk()
+	time.Sleep(200 * time.Millisecond)
+	if n := onDisk(); n <= first || n <= before {
+		t.Errorf("B's data directory says %d, then %d (%d before the move): the pod's /tmp on B is not its data bind", first, n, before)
+	}
+	if !strings.Contains(a.AgentLog()+b.AgentLog(), "pod migrated") {
+		t.Error("no migration logged")
+	}
+	t.Logf("return:\n%s", a.MustCtl(t, "return"))
+	waitPod(t, a, "scratch", "running")
+}
