@@ -1250,7 +1250,11 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 	// tree) as soon as its link is operationally up, a moment after it is
 	// brought up (link watch).
 	veth := hostVeth(s.Name)
-	if ifc, err := net.InterfaceByName(veth); err == nil && ifc.Flags&net.FlagUp == 0 {
+	ifc, err := net.InterfaceByName(veth)
+	if err != nil {
+		return fmt.Errorf("the pod's link %s is gone (did its processes die?): %w", veth, err)
+	}
+	if ifc.Flags&net.FlagUp == 0 {
 		if err := linkUp(veth); err != nil {
 			return err
 		}

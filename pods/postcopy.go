@@ -51,6 +51,13 @@ func (m *Manager) postCopyIn(ctx context.Context, conn MigrationConn, p *pod, tx
 		// hears "committed", which this copy will never earn now.
 		return fail(err)
 	}
+	select {
+	case <-daemon.failed:
+		// The link broke while the pod was restored or waited for the
+		// commit: this copy is dead or lacks its memory; say why.
+		return fail(fmt.Errorf("post-copy: %w", daemon.wait(ctx)))
+	default:
+	}
 	if err := exposePort(ctx, s, pid); err != nil {
 		return fail(err)
 	}
