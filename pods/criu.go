@@ -606,29 +606,6 @@ func criuWorker(exe, dir string) int {
 	return 0
 }
 
-// ppidOf reads pid's parent from /proc/PID/stat, or -1.
-func ppidOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return -1
-	}
-	// The command name may hold spaces and parentheses: fields start
-	// after the last ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
-		return -1
-	}
-	ppid, err := strconv.Atoi(f[1])
-	if err != nil {
-		return -1
-	}
-	return ppid
-}
-
 // holds reports whether pid has dir as its working directory or open.
 func holds(pid int, dir string) bool {
 	if l, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && l == dir {

@@ -11,25 +11,47 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// procStartTime returns field 22 of /proc/PID/stat (start time in clock
-// ticks since boot). Together with the pid it identifies a process across
-// agent restarts: a reused pid has another start time.
-func procStartTime(pid int) (uint64, error) {
+// statFields returns the fields of /proc/PID/stat from field 3 (state)
+// on: the command name before them may hold spaces and parentheses.
+func statFields(pid int, need int) ([]string, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: short", pid)
+	if len(f) < need {
+		return nil, fmt.Errorf("/proc/%d/stat: short", pid)
+	}
+	return f, nil
+}
+
+// procStartTime returns field 22 of /proc/PID/stat (start time in clock
+// ticks since boot). Together with the pid it identifies a process across
+// agent restarts: a reused pid has another start time.
+func procStartTime(pid int) (uint64, error) {
+	f, err := statFields(pid, 20) // field 22 is f[19]
+	if err != nil {
+		return 0, err
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// ppidOf returns pid's parent (field 4 of /proc/PID/stat), or -1.
+func ppidOf(pid int) int {
+	f, err := statFields(pid, 2)
+	if err != nil {
+		return -1
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
 }
 
 // alive reports whether pid exists and is not a zombie.
