@@ -156,9 +156,10 @@ type filesMsg struct {
 	Deleted []string    `json:"deleted,omitempty"`
 }
 
-// sendFiles sends one pass of entries found below roots (see scanTree). wire, if not nil, maps a path here to the one
-// the peer writes (the pod's tmpfs contents are read from clones of its
-// mounts and written below the peer's own tmpfs mounts).
+// sendFiles sends one pass of entries found below roots (see scanTree).
+// wire, if not nil, maps a path here to the one the peer writes (the pod's
+// tmpfs contents are read through /proc/PID/root and written below the
+// peer's own tmpfs mounts).
 func sendFiles(c MigrationConn, entries []fileEntry, deleted []string, roots []string, wire func(string) string) (int64, error) {
 	msg := filesMsg{Entries: entries, Deleted: deleted}
 	if wire != nil {

@@ -576,7 +576,11 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	scanRoots := roots // the pod's directories, then its tmpfs (below)
 	// sendPass sends one pass of files and waits for the peer to apply it.
 	sendPass := func(entries []fileEntry, deleted []string) error {
-		n, err := sendFiles(conn, entries, deleted, scanRoots, tmpfs.wirePath)
+		var wire func(string) string
+		if tmpfs != nil {
+			wire = tmpfs.wirePath
+		}
+		n, err := sendFiles(conn, entries, deleted, scanRoots, wire)
 		sent += n
 		res.FileBytes += n
 		if err != nil {
@@ -1271,7 +1275,7 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 		return nil
 	}
 	if err := setPortForwarding(ctx, veth, true); err != nil {
-		host, _ := run(ctx, "ip", "-br", "link", "show", "dev", hostVeth(s.Name))
+		host, _ := run(ctx, "ip", "-br", "link", "show", "dev", veth)
 		pod, _ := inNetns(ctx, pid, "ip", "-br", "link", "show", "dev", "eth0")
 		return fmt.Errorf("%w (host end: %s; pod end: %s)", err, strings.TrimSpace(host), strings.TrimSpace(pod))
 	}

@@ -84,9 +84,6 @@ func (s *tmpfsSource) oneMount() map[string]bool {
 
 // wirePath maps a path below one of the roots to the destination's.
 func (s *tmpfsSource) wirePath(p string) string {
-	if s == nil {
-		return p
-	}
 	for i, r := range s.roots {
 		switch {
 		case p == r:
