@@ -151,6 +151,9 @@ type watcher struct {
 	targets []string
 	byWD    map[int32]string
 	byDir   map[string]int32
+
+	// beforeAdd, when set (by tests), runs between wanted() and adding the watches.
+	beforeAdd func()
 }
 
 const (
@@ -192,12 +195,37 @@ func (w *watcher) wanted() map[string]map[string]bool {
 	return want
 }
 
-// sync adds watches for the directories wanted now and removes the others.
+// syncRounds bounds how often sync looks again for directories that appeared while
+// it added watches.
+const syncRounds = 8
+
+// sync adds watches for the directories wanted now and removes the others. A
+// directory created below a missing one between wanted() and the new watch (mkdir -p
+// makes var/cache, then var/cache/dnf at once) sends no event to anyone, so sync looks
+// again after every round that added a watch, until nothing new is wanted.
 func (w *watcher) sync() error {
+	var errs []error
+	for range syncRounds {
+		added, err := w.syncOnce()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if !added {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncOnce is one round of sync; added says whether it added a watch.
+func (w *watcher) syncOnce() (added bool, _ error) {
 	want := w.wanted()
+	if w.beforeAdd != nil {
+		w.beforeAdd()
+	}
 	rc, err := w.f.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("updater: inotify: %w", err)
+		return false, fmt.Errorf("updater: inotify: %w", err)
 	}
 	var errs []error
 	ctlErr := rc.Control(func(fd uintptr) {
@@ -217,6 +245,7 @@ func (w *watcher) sync() error {
 				delete(w.byDir, old) // the same directory under another path
 			}
 			w.byWD[int32(wd)], w.byDir[dir] = dir, int32(wd)
+			added = true
 		}
 		for dir, wd := range w.byDir {
 			if _, ok := want[dir]; !ok {
@@ -229,7 +258,7 @@ func (w *watcher) sync() error {
 	if ctlErr != nil {
 		errs = append(errs, ctlErr)
 	}
-	return errors.Join(errs...)
+	return added, errors.Join(errs...)
 }
 
 // relevant reports whether an event in dir about entry name concerns a target.

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -206,5 +208,41 @@ func TestWatchArgs(t *testing.T) {
 	}
 	if _, err := Watch(t.Context(), []string{t.TempDir()}, -time.Second); err == nil {
 		t.Error("negative debounce accepted")
+	}
+}
+
+// TestWatchSyncCatchesDirectoryMadeMeanwhile: a directory made below a new one before
+// its watch exists (mkdir -p, in the gap between looking and watching) sends no event
+// to anyone; sync must look again and watch it.
+func TestWatchSyncCatchesDirectoryMadeMeanwhile(t *testing.T) {
+	root := t.TempDir()
+	target := filepath.Join(root, "cache", "dnf")
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &watcher{f: os.NewFile(uintptr(fd), "inotify"), targets: []string{target}, byWD: map[int32]string{}, byDir: map[string]int32{}}
+	defer w.f.Close()
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := w.byDir[root]; !ok {
+		t.Fatalf("watching %v, want %s (the nearest existing ancestor)", w.byDir, root)
+	}
+	// cache appears (its event makes the reader sync); dnf appears in the gap.
+	if err := os.Mkdir(filepath.Join(root, "cache"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.beforeAdd = func() {
+		w.beforeAdd = nil
+		if err := os.Mkdir(target, 0o755); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := w.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := w.byDir[target]; !ok {
+		t.Fatalf("watching %v, not %s, which appeared while sync ran", w.byDir, target)
 	}
 }
