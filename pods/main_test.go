@@ -11,5 +11,8 @@ func TestMain(m *testing.M) {
 	if IsInit(os.Args) {
 		RunInit(os.Args)
 	}
+	if addr := os.Getenv(corkedClientEnv); addr != "" {
+		corkedClient(addr) // does not return
+	}
 	os.Exit(m.Run())
 }

@@ -155,7 +155,7 @@ func (m *Manager) servePageRelay(ctx context.Context, conn MigrationConn, req pa
 		t := time.AfterFunc(50*time.Millisecond, func() { conn.Close(); local.Close() })
 		defer t.Stop()
 	}
-	err = relay(local.(*net.TCPConn), conn, ps.toPeer, ps.fromPeer)
+	err = m.relay(local.(*net.TCPConn), conn, ps.toPeer, ps.fromPeer)
 	ps.done <- err
 	return err
 }
@@ -197,7 +197,7 @@ func (m *Manager) startPageRelay(ctx context.Context, peer, txn string, toPeer, 
 			ch <- fmt.Errorf("page relay: %w", err)
 			return
 		}
-		ch <- relay(c.(*net.TCPConn), conn, toPeer, fromPeer)
+		ch <- m.relay(c.(*net.TCPConn), conn, toPeer, fromPeer)
 	}()
 	return l.Addr().(*net.TCPAddr).Port, ch, nil
 }
@@ -206,8 +206,9 @@ func (m *Manager) startPageRelay(ctx context.Context, peer, txn string, toPeer, 
 // connection until both directions have ended, passing each end of stream
 // on as a half-close (CRIU's page server waits to read EOF after its last
 // answer). A direction that moves nothing for relayStall while the other
-// has not finished breaks the relay.
-func relay(local *net.TCPConn, conn MigrationConn, toPeer, fromPeer *tally) error {
+// has not finished breaks the relay. Once CRIU has sent its first bytes,
+// its end of local is uncorked (uncorkCriuEnd).
+func (m *Manager) relay(local *net.TCPConn, conn MigrationConn, toPeer, fromPeer *tally) error {
 	raw := conn.Raw()
 	var (
 		mu   sync.Mutex
@@ -241,7 +242,8 @@ func relay(local *net.TCPConn, conn MigrationConn, toPeer, fromPeer *tally) erro
 	}()
 	errc := make(chan error, 2)
 	go func() {
-		_, err := io.CopyBuffer(touchWriter{raw, touch, toPeer}, local, make([]byte, 256<<10))
+		from := &firstRead{r: local, fn: func() { go m.uncork(local) }}
+		_, err := io.CopyBuffer(touchWriter{raw, touch, toPeer}, from, make([]byte, 256<<10))
 		if err == nil {
 			err = raw.CloseWrite()
 		}
@@ -267,6 +269,37 @@ func relay(local *net.TCPConn, conn MigrationConn, toPeer, fromPeer *tally) erro
 		return fmt.Errorf("page relay: %w", err)
 	}
 	return nil
+}
+
+// uncork uncorks CRIU's end of a relay's local connection, if it can: a
+// corked end only costs time.
+func (m *Manager) uncork(c *net.TCPConn) {
+	start := time.Now()
+	found, err := uncorkCriuEnd(c, m.criu.path)
+	switch {
+	case err != nil:
+		m.cfg.Log.Debug("page relay: could not uncork CRIU's end", "err", err)
+	case !found:
+		m.cfg.Log.Debug("page relay: CRIU's end not found to uncork", "conn", c.RemoteAddr())
+	default:
+		m.cfg.Log.Debug("page relay: uncorked CRIU's end", "conn", c.RemoteAddr(), "took", time.Since(start))
+	}
+}
+
+// firstRead calls fn after the first read that returned bytes.
+type firstRead struct {
+	r    io.Reader
+	fn   func()
+	done bool
+}
+
+func (f *firstRead) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if n > 0 && !f.done {
+		f.done = true
+		f.fn()
+	}
+	return n, err
 }
 
 type touchWriter struct {

@@ -69,9 +69,11 @@ func (m *Manager) postCopyIn(ctx context.Context, conn MigrationConn, p *pod, tx
 	if err := m.faultAt("postcopy-in"); err != nil {
 		return fail(err)
 	}
+	memStart := time.Now()
 	if err := daemon.wait(ctx); err != nil {
 		return fail(fmt.Errorf("post-copy: %w", err))
 	}
+	m.cfg.Log.Debug("post-copy: the lazy-pages daemon has every page", "pod", s.Name, "after", time.Since(memStart))
 	m.mu.Lock()
 	p.st.Migration, p.st.LastTxn = nil, txn
 	if m.received == nil {

@@ -30,7 +30,9 @@ import (
 //
 // Knobs: BENCH_SIZES ("100M 1G"); trials per column
 // BENCH_TRIALS_MIGRATE_<size>, else BENCH_TRIALS, else 6 at 100M and 2 at
-// 1G. A trial of a migration column is one migration: they alternate
+// 1G; BENCH_MIGRATE_COLUMNS, the columns to run (default all:
+// "post-copy stop-and-copy raw cold"), for looking into one of them (the
+// others' cells stay empty, so use scripts/bench.sh --no-docs). A trial of a migration column is one migration: they alternate
 // A→B and B→A, so 6 trials are 3 round trips.
 func TestBenchMigrate(t *testing.T) {
 	criuPath := testbed.CriuPath(t)
@@ -160,6 +162,13 @@ func benchMigrateSize(t *testing.T, criuPath string, size benchkit.Size, trials 
 	// migrations), starting one column further each round, and a plain
 	// copy after each round.
 	cols := []string{colPostCopy, colStopCopy, colRaw, colCold}
+	if only := os.Getenv("BENCH_MIGRATE_COLUMNS"); only != "" {
+		for _, c := range cols {
+			if !slices.Contains(strings.Fields(only), c) {
+				m.no[c] = "not selected (BENCH_MIGRATE_COLUMNS=" + only + ")"
+			}
+		}
+	}
 	done := map[string]int{}
 	for round := 0; ; round++ {
 		progress := false

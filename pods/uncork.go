@@ -1,0 +1,132 @@
+package pods
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// CRIU corks its page-server connections (TCP_CORK, set once when a
+// connection opens) and pushes only what it thinks is urgent: a page
+// request, the pages that answer it. The last message of a connection,
+// the client's "close" and the server's one-word answer to it, is left
+// corked, and the kernel holds a corked partial segment for up to 200 ms.
+// Across the relay that is twice 200 ms at the end of every post-copy
+// migration (the lazy-pages daemon cannot exit before the answer), and
+// 200 ms inside the freeze of every stop-and-copy dump (its pages' last
+// partial segment and its "close"). Uncorking the socket once CRIU has
+// corked it makes each message go at once; CRIU never corks it again.
+
+// childProcs returns the processes this one started (any of its threads).
+func childProcs() []int {
+	var pids []int
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// uncorkCriuEnd finds the socket at the other end of c, a loopback
+// connection between this agent and a CRIU process it started (criu is the
+// binary's path), and clears TCP_CORK on it and sets TCP_NODELAY (through
+// a copy of the socket taken with pidfd_getfd). It reports whether it found
+// the socket. Call it once CRIU has sent something on the connection: CRIU
+// corks right after connecting, or, as a server, before it reads.
+func uncorkCriuEnd(c *net.TCPConn, criu string) (bool, error) {
+	local, ok1 := c.LocalAddr().(*net.TCPAddr)
+	remote, ok2 := c.RemoteAddr().(*net.TCPAddr)
+	if !ok1 || !ok2 {
+		return false, errors.New("not a TCP connection")
+	}
+	want, err := filepath.EvalSymlinks(criu)
+	if err != nil {
+		return false, err
+	}
+	var errs []error
+	for _, pid := range childProcs() {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != want {
+			continue
+		}
+		found, err := uncorkIn(pid, remote, local)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("criu %d: %w", pid, err))
+		}
+		if found {
+			return true, nil
+		}
+	}
+	return false, errors.Join(errs...)
+}
+
+// uncorkIn looks through pid's sockets for the one bound to self and
+// connected to peer, and uncorks it.
+func uncorkIn(pid int, self, peer *net.TCPAddr) (bool, error) {
+	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(fdDir)
+	if err != nil {
+		return false, err
+	}
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false, os.NewSyscallError("pidfd_open", err)
+	}
+	defer unix.Close(pidfd)
+	for _, e := range ents {
+		link, err := os.Readlink(filepath.Join(fdDir, e.Name()))
+		if err != nil || !strings.HasPrefix(link, "socket:") {
+			continue
+		}
+		target, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		fd, err := unix.PidfdGetfd(pidfd, target, 0)
+		if err != nil {
+			return false, os.NewSyscallError("pidfd_getfd", err)
+		}
+		match := sockIs(fd, self, peer)
+		if match {
+			err = errors.Join(
+				os.NewSyscallError("setsockopt TCP_CORK", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)),
+				os.NewSyscallError("setsockopt TCP_NODELAY", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)))
+		}
+		unix.Close(fd)
+		if match {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
+// sockIs reports whether fd is a TCP socket bound to self and connected to
+// peer.
+func sockIs(fd int, self, peer *net.TCPAddr) bool {
+	sa, err := unix.Getsockname(fd)
+	if err != nil || !sameAddr(sa, self) {
+		return false
+	}
+	pa, err := unix.Getpeername(fd)
+	return err == nil && sameAddr(pa, peer)
+}
+
+func sameAddr(sa unix.Sockaddr, a *net.TCPAddr) bool {
+	switch s := sa.(type) {
+	case *unix.SockaddrInet4:
+		return s.Port == a.Port && net.IP(s.Addr[:]).Equal(a.IP)
+	case *unix.SockaddrInet6:
+		return s.Port == a.Port && net.IP(s.Addr[:]).Equal(a.IP)
+	}
+	return false
+}
