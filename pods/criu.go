@@ -248,6 +248,23 @@ func (r criuRequest) opts(imgDir, workDir *os.File) *rpc.CriuOpts {
 // criuRunner runs CRIU through go-criu's swrk RPC.
 type criuRunner struct {
 	path string
+	// yard, when set, is the cgroup yard CRIU's dumps and restores use
+	// instead of mounting their own (see cgyard.go).
+	yard *cgroupYard
+}
+
+// yardFor returns the cgroup yard for one CRIU run ("" for none: CRIU
+// then mounts its own) and what to call when that run has ended. A yard
+// that cannot be had costs only time; NewManager logs why.
+func (c criuRunner) yardFor() (string, []string, func()) {
+	if c.yard == nil {
+		return "", nil, func() {}
+	}
+	path, dirs, release, err := c.yard.acquire()
+	if err != nil {
+		return "", nil, func() {}
+	}
+	return path, dirs, release
 }
 
 func (c criuRunner) open(r criuRequest) (img, work *os.File, err error) {
@@ -272,11 +289,14 @@ func (c criuRunner) fail(op string, r criuRequest, err error) error {
 func (c criuRunner) Dump(ctx context.Context, r criuRequest) error {
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)
-	return c.dump(ctx, cr, rpc.CriuReqType_DUMP, r)
+	yard, _, release := c.yardFor()
+	defer release()
+	return c.dump(ctx, cr, rpc.CriuReqType_DUMP, r, yard)
 }
 
-// dump runs one dump or pre-dump (typ) on cr.
-func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType, r criuRequest) error {
+// dump runs one dump or pre-dump (typ) on cr, a CRIU process that has
+// (or, started by this call, will have) the cgroup yard yard.
+func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType, r criuRequest, yard string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -289,6 +309,9 @@ func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType
 	o := r.opts(img, work)
 	o.Pid = proto.Int32(int32(r.Pid))
 	o.LeaveRunning = proto.Bool(r.LeaveRunning)
+	if yard != "" {
+		o.CgroupYard = proto.String(yard)
+	}
 	if r.FreezeCgroup != "" {
 		o.FreezeCgroup = proto.String(r.FreezeCgroup)
 	}
@@ -338,34 +361,40 @@ func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType
 // DUMP, and a connection closed in between makes it exit with an error
 // (go-criu's one-shot PreDump would report every pre-dump as failed).
 type criuSession struct {
-	c  criuRunner
-	cr *criu.Criu
+	c           criuRunner
+	cr          *criu.Criu
+	yard        string
+	releaseYard func()
 }
 
 func (c criuRunner) session() (*criuSession, error) {
 	cr := criu.MakeCriu()
 	cr.SetCriuPath(c.path)
+	// The process starts now, and inherits the yard now.
+	yard, _, release := c.yardFor()
 	if err := cr.Prepare(); err != nil {
+		release()
 		return nil, fmt.Errorf("start criu swrk: %w", err)
 	}
-	return &criuSession{c: c, cr: cr}, nil
+	return &criuSession{c: c, cr: cr, yard: yard, releaseYard: release}, nil
 }
 
 // PreDump copies the pod's memory into r.ImagesDir (or to its page
 // server) while the pod runs: CRIU stops the tasks only to collect their
 // pages. After a failure the session is over.
 func (s *criuSession) PreDump(ctx context.Context, r criuRequest) error {
-	return s.c.dump(ctx, s.cr, rpc.CriuReqType_PRE_DUMP, r)
+	return s.c.dump(ctx, s.cr, rpc.CriuReqType_PRE_DUMP, r, s.yard)
 }
 
 // Dump is the series' final dump.
 func (s *criuSession) Dump(ctx context.Context, r criuRequest) error {
-	return s.c.dump(ctx, s.cr, rpc.CriuReqType_DUMP, r)
+	return s.c.dump(ctx, s.cr, rpc.CriuReqType_DUMP, r, s.yard)
 }
 
 // Close ends the CRIU process. It exits with an error when the series
 // ended without its final dump, which is not news to the caller.
 func (s *criuSession) Close() error {
+	defer s.releaseYard()
 	return s.cr.Cleanup()
 }
 
@@ -474,6 +503,14 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	defer work.Close()
 	o := r.opts(img, work)
 	o.Root = proto.String(r.Root)
+	if yard, dirs, release := c.yardFor(); yard != "" {
+		defer release()
+		// Only a yard with every hierarchy the images name: CRIU would
+		// try to mount a missing one inside it, and fail.
+		if want, err := imageHierarchies(r.ImagesDir); err == nil && subset(want, dirs) {
+			o.CgroupYard = proto.String(yard)
+		}
+	}
 	o.RstSibling = proto.Bool(true)
 	if r.Lazy {
 		o.LazyPages = proto.Bool(true)
@@ -498,9 +535,13 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 		defer unix.Close(fd)
 		o.InheritFd = append(o.InheritFd, &rpc.InheritFd{Key: proto.String(netnsKey), Fd: proto.Int32(int32(fd))})
 		// CRIU restores no lock into a namespace it did not create, and
-		// its unlock at the end would only fail (~12 ms of nft finding
+		// its unlock at the end would only fail (~15 ms of nft finding
 		// no table). The namespace is cut off until autopod exposes it.
+		// CRIU takes the method from the images, not from the request.
 		o.NetworkLock = rpc.CriuNetworkLockMethod_SKIP.Enum()
+		if err := setRestoreNetworkLockSkip(r.ImagesDir); err != nil {
+			return 0, err
+		}
 	} else if r.Veth != "" {
 		ext := "veth[eth0]:" + r.Veth
 		if r.Bridge != "" { // else the host end stays outside any bridge: isolated

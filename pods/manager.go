@@ -154,7 +154,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	m := &Manager{
 		cfg:  cfg,
 		cg:   cgroups{mount: cfg.CgroupMount, name: cfg.CgroupName},
-		criu: criuRunner{path: cfg.CriuPath},
+		criu: criuRunner{path: cfg.CriuPath, yard: &cgroupYard{}},
 		pods: map[string]*pod{},
 
 		committed: map[string]bool{},
@@ -178,6 +178,12 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	m.criuVersion = info.Version
 	m.strategies = ProbeStrategies(*info)
+	// Built now rather than inside the first freeze.
+	if _, _, release, err := m.criu.yard.acquire(); err != nil {
+		cfg.Log.Warn("CRIU will mount its own cgroups for every checkpoint and restore", "err", err)
+	} else {
+		release()
+	}
 	return m, nil
 }
 

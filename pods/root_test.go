@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/autopod/autopod/test/resp"
+	"golang.org/x/sys/unix"
 )
 
 // The root tier: real CRIU, namespaces, cgroups, veths and redis-server.
@@ -207,6 +208,12 @@ func TestRootRedisPodCheckpointRestore(t *testing.T) {
 	// New clients reach the pod at its address too.
 	c2 := waitRedis(t, addr)
 	c2.Close()
+	// The restore used autopod's cgroup yard, and mounted none of its own.
+	if rlog, err := os.ReadFile(filepath.Join(m.podDir("cache"), "criu-logs", "restore.log")); err != nil {
+		t.Fatal(err)
+	} else if !strings.Contains(string(rlog), "Opening /proc/self/fd/") || strings.Contains(string(rlog), "Making controller dir") {
+		t.Errorf("the restore did not use autopod's cgroup yard; its log's cgroup lines:\n%s", grepLines(string(rlog), "cg:"))
+	}
 
 	// A checkpoint that fails after CRIU has frozen the pod and locked its
 	// network leaves it running and reachable.
@@ -554,3 +561,72 @@ func cgroupV2Child(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestRootCgroupYard: autopod's cgroup yard holds a mount of each of this
+// host's hierarchies, reachable through the path it hands out, and none of
+// it shows in the host's mount table.
+func TestRootCgroupYard(t *testing.T) {
+	var y cgroupYard
+	path, dirs, release, err := y.acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, err := cgHierarchies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dirs) != len(hs) {
+		t.Fatalf("yard dirs %v for hierarchies %v", dirs, hs)
+	}
+	for i, h := range hs {
+		var st unix.Statfs_t
+		if err := unix.Statfs(filepath.Join(path, dirs[i]), &st); err != nil {
+			t.Fatalf("%s (%q): %v", dirs[i], string(h), err)
+		}
+		want := int64(unix.CGROUP_SUPER_MAGIC)
+		if h == "" {
+			want = unix.CGROUP2_SUPER_MAGIC
+		}
+		if int64(st.Type) != want {
+			t.Errorf("%s: file system %#x, want %#x", dirs[i], st.Type, want)
+		}
+		// The same hierarchy as the host's: this process's own cgroup is there.
+		if _, err := os.Stat(filepath.Join(path, dirs[i], "cgroup.procs")); err != nil {
+			t.Errorf("%s: %v", dirs[i], err)
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mi), "cgyard") {
+		t.Errorf("the yard shows in this namespace's mount table:\n%s", grepLines(string(mi), "cgyard"))
+	}
+	release()
+	if _, err := os.Stat(path); err == nil {
+		t.Errorf("%s still open after release", path)
+	}
+	// The second run reuses it.
+	ns := y.ns
+	_, _, release, err = y.acquire()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if y.ns != ns {
+		t.Error("the yard was built again for an unchanged host")
+	}
+	y.mu.Lock()
+	y.closeLocked()
+	y.mu.Unlock()
+}
