@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -400,9 +401,11 @@ bridge = %q
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/usr/bin/bash", st.Pid)); err == nil {
 		t.Fatal("pod with a separate root sees the host's /usr/bin/bash")
 	}
-	if _, err := m.Checkpoint(ctx, "rootfs", CheckpointOptions{}); err != nil {
+	res, err := m.Checkpoint(ctx, "rootfs", CheckpointOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
+	lazyDaemonNiced(t, m.criu, res.Dir)
 	if err := m.Restore(ctx, "rootfs"); err != nil {
 		t.Fatal(err)
 	}
@@ -629,4 +632,23 @@ func TestRootCgroupYard(t *testing.T) {
 	y.mu.Lock()
 	y.closeLocked()
 	y.mu.Unlock()
+}
+
+// lazyDaemonNiced checks that a lazy-pages daemon for the images in dir
+// (it reads them, then waits for a restore) runs at lazyDaemonNice: it
+// spins while it waits for pages.
+func lazyDaemonNiced(t *testing.T, c criuRunner, dir string) {
+	t.Helper()
+	d, err := c.startLazyDaemon(t.Context(), dir, t.TempDir(), "127.0.0.1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { d.kill(); d.wait(context.Background()) }()
+	f, err := statFields(d.cmd.Process.Pid, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f[16] != strconv.Itoa(lazyDaemonNice) { // field 19
+		t.Fatalf("lazy-pages daemon's nice %s, want %d", f[16], lazyDaemonNice)
+	}
 }
