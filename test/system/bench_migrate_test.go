@@ -84,6 +84,10 @@ const migLegend = `- **post-copy**, **stop-and-copy**: ` + "`autopodctl migrate 
 - Trials of all columns alternate, two of each column in turn, so that every column meets the same neighbours; cells are the median and, in brackets, the min–max over the trials; ratios are of medians.
 `
 
+// notSelected is why a column that BENCH_MIGRATE_COLUMNS leaves out is
+// not measured.
+const notSelected = "not selected (BENCH_MIGRATE_COLUMNS)"
+
 // Column keys.
 const (
 	colPostCopy = "post-copy"
@@ -165,7 +169,7 @@ func benchMigrateSize(t *testing.T, criuPath string, size benchkit.Size, trials 
 	if only := os.Getenv("BENCH_MIGRATE_COLUMNS"); only != "" {
 		for _, c := range cols {
 			if !slices.Contains(strings.Fields(only), c) {
-				m.no[c] = "not selected (BENCH_MIGRATE_COLUMNS=" + only + ")"
+				m.no[c] = notSelected
 			}
 		}
 	}
@@ -473,7 +477,12 @@ func (m *migBench) markdown(size benchkit.Size, trials int, kvAcked, rawAcked in
 	plainThr := benchkit.Median(m.values(colCopy, "thr"))
 	var notes []string
 	for _, col := range []string{colPostCopy, colStopCopy, colRaw, colCold, colCopy} {
-		if why := m.no[col]; why != "" {
+		switch why := m.no[col]; why {
+		case "":
+		case notSelected:
+			notes = append(notes, fmt.Sprintf("%s is not measured: %s.", labels[col], why))
+			continue
+		default:
 			notes = append(notes, fmt.Sprintf("%s is not measured: it cannot run on these hosts (%s).", labels[col], why))
 			continue
 		}
