@@ -142,7 +142,7 @@ type lazyDaemon = criuDaemon
 // pages it asked for (CRIU 4.2, criu/uffd.c handle_requests): it spins,
 // and on a busy host takes the CPU that the relay, TLS and the pod itself
 // need to get those pages to it. At nice 0 it burned 2.6 s of CPU moving
-// 1 GiB in 4.4 s on two cores; niced, the same move took 3.4-3.6 s. It
+// 1 GiB in 4.4 s on two cores; niced, the same move took 3.3-4.2 s. It
 // still gets the CPU when the pod waits on it: the pod is then not
 // runnable, nor is the relay, until the next pages come.
 func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr string, port int) (*criuDaemon, error) {
