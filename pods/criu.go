@@ -185,6 +185,9 @@ type criuRequest struct {
 	// the images name the cgroups of the host that dumped them.
 	CgroupRoot        string
 	CgroupControllers []string // controller names as /proc/PID/cgroup shows them
+	// proc, for a restore, is its CRIU process, started ahead; nil: the
+	// restore starts one.
+	proc *restoreProc
 	// postRestore runs when CRIU has restored the tree (pid is its init),
 	// before the tasks resume and before the network lock is lifted.
 	postRestore func(pid int) error
@@ -487,11 +490,74 @@ func (n *restoreNotify) PostRestore(pid int32) error {
 	return nil
 }
 
+// restoreProc is the CRIU process of one restore with what it inherits
+// when it starts: the pod's network namespace (for images dumped with
+// ExtNetns) and the cgroup yard. Started ahead (prestart), its start
+// (5-15 ms of exec, linking and its first answer) is not in the freeze.
+type restoreProc struct {
+	cr       *criu.Criu
+	netnsFd  int // -1: none
+	yard     string
+	yardDirs []string
+	release  func()
+}
+
+// newRestoreProc prepares the process of a restore into netns (nil: CRIU
+// makes the namespace) and, with start, starts it now; else the restore
+// starts it. Restore closes it.
+func (c criuRunner) newRestoreProc(netns *os.File, start bool) (*restoreProc, error) {
+	p := &restoreProc{cr: criu.MakeCriu(), netnsFd: -1}
+	p.cr.SetCriuPath(c.path)
+	p.yard, p.yardDirs, p.release = c.yardFor()
+	if netns != nil {
+		// go-criu's worker inherits descriptors without close-on-exec,
+		// under the same number: CRIU finds the namespace by its key.
+		syscall.ForkLock.Lock()
+		fd, err := unix.Dup(int(netns.Fd()))
+		syscall.ForkLock.Unlock()
+		if err != nil {
+			p.release()
+			return nil, fmt.Errorf("pass the network namespace to CRIU: %w", err)
+		}
+		p.netnsFd = fd
+	}
+	if start {
+		if err := p.cr.Prepare(); err != nil {
+			p.Close()
+			return nil, fmt.Errorf("start criu swrk: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// Close ends the process (if it started) and closes what it inherited.
+func (p *restoreProc) Close() error {
+	err := p.cr.Cleanup()
+	if p.netnsFd >= 0 {
+		unix.Close(p.netnsFd)
+		p.netnsFd = -1
+	}
+	p.release()
+	return err
+}
+
 // Restore brings the pod back from r.ImagesDir as a child of this process
 // and returns the host pid of its init. If r.abort closes first, CRIU is
 // killed after abortGrace; go-criu offers no cancellation, and ctx is
-// checked before starting only.
-func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
+// checked before starting only. It runs in r.proc if set (and closes it),
+// else in a CRIU process of its own.
+func (c criuRunner) Restore(ctx context.Context, r criuRequest) (pid int, err error) {
+	proc := r.proc
+	if proc == nil {
+		if proc, err = c.newRestoreProc(r.Netns, false); err != nil {
+			return 0, err
+		}
+	}
+	defer func() {
+		if cerr := proc.Close(); cerr != nil && err != nil {
+			err = fmt.Errorf("%w\n%v", err, cerr)
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -503,12 +569,11 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 	defer work.Close()
 	o := r.opts(img, work)
 	o.Root = proto.String(r.Root)
-	if yard, dirs, release := c.yardFor(); yard != "" {
-		defer release()
+	if proc.yard != "" {
 		// Only a yard with every hierarchy the images name: CRIU would
 		// try to mount a missing one inside it, and fail.
-		if want, err := imageHierarchies(r.ImagesDir); err == nil && subset(want, dirs) {
-			o.CgroupYard = proto.String(yard)
+		if want, err := imageHierarchies(r.ImagesDir); err == nil && subset(want, proc.yardDirs) {
+			o.CgroupYard = proto.String(proc.yard)
 		}
 	}
 	o.RstSibling = proto.Bool(true)
@@ -524,16 +589,10 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 		o.External = append(o.External, "mnt["+target+"]:"+src)
 	}
 	if r.Netns != nil {
-		// go-criu's worker inherits descriptors without close-on-exec,
-		// under the same number: CRIU finds the namespace by its key.
-		syscall.ForkLock.Lock()
-		fd, err := unix.Dup(int(r.Netns.Fd()))
-		syscall.ForkLock.Unlock()
-		if err != nil {
-			return 0, fmt.Errorf("pass the network namespace to CRIU: %w", err)
+		if proc.netnsFd < 0 {
+			return 0, errors.New("restore into a network namespace: its CRIU process was started without it")
 		}
-		defer unix.Close(fd)
-		o.InheritFd = append(o.InheritFd, &rpc.InheritFd{Key: proto.String(netnsKey), Fd: proto.Int32(int32(fd))})
+		o.InheritFd = append(o.InheritFd, &rpc.InheritFd{Key: proto.String(netnsKey), Fd: proto.Int32(int32(proc.netnsFd))})
 		// CRIU restores no lock into a namespace it did not create, and
 		// its unlock at the end would only fail (~15 ms of nft finding
 		// no table). The namespace is cut off until autopod exposes it.
@@ -549,11 +608,9 @@ func (c criuRunner) Restore(ctx context.Context, r criuRequest) (int, error) {
 		}
 		o.External = append(o.External, ext)
 	}
-	cr := criu.MakeCriu()
-	cr.SetCriuPath(c.path)
 	n := &restoreNotify{inner: r.notify, post: r.postRestore}
 	stop := c.watchdog(r.abort, r.ImagesDir)
-	err = cr.Restore(o, n)
+	err = proc.cr.Restore(o, n)
 	killed := stop()
 	if err != nil {
 		if n.pid > 0 {

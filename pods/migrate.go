@@ -620,6 +620,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	// Pre-copy: rounds of pre-dumps move the memory while the pod runs;
 	// the final dump (same CRIU session) sends only what is still dirty.
 	var sess *criuSession
+	giveSess := func() {} // the lazy dump's goroutine takes sess over
 	if precopy {
 		if sess, err = m.criu.session(); err != nil {
 			return rollback(err)
@@ -633,6 +634,25 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		})
 		if err != nil {
 			return rollback(err)
+		}
+	}
+
+	// The final dump's CRIU process starts now, so that its start (5-15 ms
+	// of exec, linking and its first answer) is not part of the freeze.
+	// Pre-copy's has run its rounds already. Whoever runs the dump closes
+	// it; if none does, the way out.
+	if !precopy {
+		if sess, err = m.criu.session(); err != nil {
+			return rollback(err)
+		}
+		sessOwned := true
+		defer func() {
+			if sessOwned {
+				sess.Close()
+			}
+		}()
+		if lazy {
+			giveSess = func() { sessOwned = false }
 		}
 	}
 
@@ -679,7 +699,11 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		m.addPageServer(txn, peer, pagePort, pageBytes, nil)
 		defer m.dropPageServer(txn)
 		lazyRunning = true
-		go func() { dumpDone <- m.criu.Dump(ctx, req) }()
+		giveSess()
+		go func(sess *criuSession) {
+			dumpDone <- sess.Dump(ctx, req) // buffered
+			sess.Close()
+		}(sess)
 		select {
 		case <-written:
 		case err := <-dumpDone:
@@ -700,12 +724,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 			}
 			req.PageServerAddr, req.PageServerPort, relayDone = "127.0.0.1", port, done
 		}
-		dump := m.criu.Dump
 		if precopy {
 			req.TrackMem, req.ParentImg = true, parentOf(res.PreCopyRounds+1)
-			dump = sess.Dump
 		}
-		if err := dump(ctx, req); err != nil {
+		if err := sess.Dump(ctx, req); err != nil {
 			return rollback(err)
 		}
 		if relayDone != nil {
@@ -1082,6 +1104,17 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 			}
 		}()
 	}
+	// The restore's CRIU process starts now, with the namespace, rather
+	// than inside the freeze; restoreIsolated takes it over.
+	rproc, err := m.criu.newRestoreProc(netns, true)
+	if err != nil {
+		return fail(err)
+	}
+	defer func() {
+		if rproc != nil {
+			rproc.Close()
+		}
+	}()
 	initPath := m.initPath(offer.InitHash)
 	_, statErr := os.Stat(initPath)
 	acc := migrateAccept{NeedInit: statErr != nil, Strategy: strategy, StreamPages: pagesIn != nil || precopy, ExtNetns: netns != nil}
@@ -1177,7 +1210,9 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		}()
 		pagePort = port
 	}
-	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours, netns, tmpfsDirs)
+	proc := rproc
+	rproc = nil
+	pid, daemon, err = m.restoreIsolated(ctx, s, offer.InitHash, imgDir, pagePort, offer.Neighbours, netns, tmpfsDirs, proc)
 	if err != nil {
 		return fail(err)
 	}
@@ -1426,7 +1461,12 @@ func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
 // prepareNetns) the pod goes into it; without, CRIU rebuilds the pod's
 // namespace from the images. tmpfsDirs, by target in the pod, are the
 // tmpfs that become the pod's own (see tmpfs.go).
-func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string, pagePort int, neighbours []neighbour, netns *os.File, tmpfsDirs map[string]string) (pid int, daemon *lazyDaemon, err error) {
+func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir string, pagePort int, neighbours []neighbour, netns *os.File, tmpfsDirs map[string]string, proc *restoreProc) (pid int, daemon *lazyDaemon, err error) {
+	defer func() {
+		if proc != nil { // not handed to the restore
+			proc.Close()
+		}
+	}()
 	if err := m.cg.create(s.Name, s.Limits); err != nil {
 		return 0, nil, err
 	}
@@ -1489,6 +1529,7 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 		// the source broke) leaves CRIU waiting for good.
 		req.abort = daemon.failed
 	}
+	req.proc, proc = proc, nil
 	pid, err = m.criu.Restore(ctx, req)
 	if err != nil {
 		return 0, nil, err
