@@ -393,6 +393,7 @@ func testRoundTrip(t *testing.T, strategy string) {
 	if _, ok := podOn(t, b, "kv"); ok {
 		t.Fatal("kv still listed on B after return")
 	}
+	checkCriuTuning(t, a, b)
 	time.Sleep(300 * time.Millisecond)
 
 	acked := checkWrites(t, l, sums)
@@ -828,4 +829,34 @@ target = "/tmp"
 	}
 	t.Logf("return:\n%s", a.MustCtl(t, "return"))
 	waitPod(t, a, "scratch", "running")
+}
+
+// checkCriuTuning checks, after a round trip A→B→A, what keeps CRIU's
+// own delays out of a migration: each agent uncorked CRIU's end of the
+// page relays it ran (one as source, one as destination; a corked end
+// holds its last message 200 ms), and A's restore used the agent's cgroup
+// yard and ran no network unlock (docs/migration.md).
+func checkCriuTuning(t *testing.T, a, b *testbed.Host) {
+	t.Helper()
+	for _, h := range []*testbed.Host{a, b} {
+		log := h.AgentLog()
+		if n := strings.Count(log, "uncorked CRIU's end"); n < 2 {
+			t.Errorf("%s uncorked CRIU's end of %d page relays, want 2 or more", h.Name, n)
+		}
+		for _, bad := range []string{"could not uncork", "not found to uncork"} {
+			if strings.Contains(log, bad) {
+				t.Errorf("%s's log says %q", h.Name, bad)
+			}
+		}
+	}
+	rlog, err := os.ReadFile(filepath.Join(a.Dir, "state", "pods", "kv", "criu-logs", "migrate-restore.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(rlog), "Opening /proc/self/fd/") || strings.Contains(string(rlog), "Making controller dir") {
+		t.Error("the restore on A did not use the agent's cgroup yard")
+	}
+	if strings.Contains(string(rlog), "delete table") {
+		t.Error("the restore on A ran CRIU's nftables unlock")
+	}
 }
