@@ -240,19 +240,11 @@ func imageHierarchies(dir string) ([]string, error) {
 		// "unified", joined by commas.
 		var names []string
 		for _, n := range c.GetCnames() {
-			names = append(names, cgHierarchy(strings.TrimPrefix(n, "name=")).yardDirRaw())
+			names = append(names, cgHierarchy(n).yardDir())
 		}
 		dirs = append(dirs, strings.Join(names, ","))
 	}
 	return dirs, nil
-}
-
-// yardDirRaw is yardDir for a name already without "name=".
-func (h cgHierarchy) yardDirRaw() string {
-	if h == "" {
-		return "unified"
-	}
-	return string(h)
 }
 
 // subset reports whether every string of a is in b.

@@ -45,42 +45,56 @@ func childProcs() []int {
 // the socket. Call it once CRIU has sent something on the connection: CRIU
 // corks right after connecting, or, as a server, before it reads.
 func uncorkCriuEnd(c *net.TCPConn, criu string) (bool, error) {
+	fd, err := otherEnd(c, criu)
+	if fd < 0 {
+		return false, err
+	}
+	defer unix.Close(fd)
+	return true, errors.Join(
+		os.NewSyscallError("setsockopt TCP_CORK", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)),
+		os.NewSyscallError("setsockopt TCP_NODELAY", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)))
+}
+
+// otherEnd returns a copy (pidfd_getfd) of the socket at the other end of
+// c, a loopback connection to a process this one started from the binary
+// exe, or -1 when none of them has it.
+func otherEnd(c *net.TCPConn, exe string) (int, error) {
 	local, ok1 := c.LocalAddr().(*net.TCPAddr)
 	remote, ok2 := c.RemoteAddr().(*net.TCPAddr)
 	if !ok1 || !ok2 {
-		return false, errors.New("not a TCP connection")
+		return -1, errors.New("not a TCP connection")
 	}
-	want, err := filepath.EvalSymlinks(criu)
+	want, err := filepath.EvalSymlinks(exe)
 	if err != nil {
-		return false, err
+		return -1, err
 	}
 	var errs []error
 	for _, pid := range childProcs() {
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != want {
 			continue
 		}
-		found, err := uncorkIn(pid, remote, local)
+		fd, err := socketIn(pid, remote, local)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("criu %d: %w", pid, err))
+			errs = append(errs, fmt.Errorf("process %d: %w", pid, err))
 		}
-		if found {
-			return true, nil
+		if fd >= 0 {
+			return fd, nil
 		}
 	}
-	return false, errors.Join(errs...)
+	return -1, errors.Join(errs...)
 }
 
-// uncorkIn looks through pid's sockets for the one bound to self and
-// connected to peer, and uncorks it.
-func uncorkIn(pid int, self, peer *net.TCPAddr) (bool, error) {
+// socketIn returns a copy of pid's socket bound to self and connected to
+// peer, or -1.
+func socketIn(pid int, self, peer *net.TCPAddr) (int, error) {
 	fdDir := fmt.Sprintf("/proc/%d/fd", pid)
 	ents, err := os.ReadDir(fdDir)
 	if err != nil {
-		return false, err
+		return -1, err
 	}
 	pidfd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
-		return false, os.NewSyscallError("pidfd_open", err)
+		return -1, os.NewSyscallError("pidfd_open", err)
 	}
 	defer unix.Close(pidfd)
 	for _, e := range ents {
@@ -94,20 +108,14 @@ func uncorkIn(pid int, self, peer *net.TCPAddr) (bool, error) {
 		}
 		fd, err := unix.PidfdGetfd(pidfd, target, 0)
 		if err != nil {
-			return false, os.NewSyscallError("pidfd_getfd", err)
+			return -1, os.NewSyscallError("pidfd_getfd", err)
 		}
-		match := sockIs(fd, self, peer)
-		if match {
-			err = errors.Join(
-				os.NewSyscallError("setsockopt TCP_CORK", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK, 0)),
-				os.NewSyscallError("setsockopt TCP_NODELAY", unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)))
+		if sockIs(fd, self, peer) {
+			return fd, nil
 		}
 		unix.Close(fd)
-		if match {
-			return true, err
-		}
 	}
-	return false, nil
+	return -1, nil
 }
 
 // sockIs reports whether fd is a TCP socket bound to self and connected to

@@ -77,40 +77,20 @@ func startCorkedClient(t *testing.T, exe string) *net.TCPConn {
 	return c.(*net.TCPConn)
 }
 
-// corkOf reads TCP_CORK of the client's end of c, through its process.
-func corkOf(t *testing.T, c *net.TCPConn) int {
+// corkOf reads TCP_CORK of the client's end of c, through its process
+// (a child running exe).
+func corkOf(t *testing.T, c *net.TCPConn, exe string) int {
 	t.Helper()
-	self, peer := c.RemoteAddr().(*net.TCPAddr), c.LocalAddr().(*net.TCPAddr)
-	for _, pid := range childProcs() {
-		pidfd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			continue
-		}
-		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-		for _, e := range ents {
-			var n int
-			if _, err := fmt.Sscan(e.Name(), &n); err != nil {
-				continue
-			}
-			fd, err := unix.PidfdGetfd(pidfd, n, 0)
-			if err != nil {
-				continue
-			}
-			if sockIs(fd, self, peer) {
-				v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK)
-				unix.Close(fd)
-				unix.Close(pidfd)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-			unix.Close(fd)
-		}
-		unix.Close(pidfd)
+	fd, err := otherEnd(c, exe)
+	if fd < 0 {
+		t.Fatalf("the client's socket is not in any child process (%v)", err)
 	}
-	t.Fatal("the client's socket is not in any child process")
-	return -1
+	defer unix.Close(fd)
+	v, err := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_CORK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 // TestUncorkCriuEnd: the agent uncorks the other end of a loopback
@@ -128,19 +108,19 @@ func TestUncorkCriuEnd(t *testing.T) {
 	if found || err != nil {
 		t.Fatalf("uncork in a process of another binary: found %v, err %v", found, err)
 	}
-	if v := corkOf(t, other); v != 1 {
+	if v := corkOf(t, other, exe); v != 1 {
 		t.Fatalf("TCP_CORK %d in a process of another binary, want 1 (left alone)", v)
 	}
 
 	c := startCorkedClient(t, exe)
-	if v := corkOf(t, c); v != 1 {
+	if v := corkOf(t, c, exe); v != 1 {
 		t.Fatalf("TCP_CORK %d before, want 1", v)
 	}
 	found, err = uncorkCriuEnd(c, exe)
 	if !found || err != nil {
 		t.Fatalf("uncork: found %v, err %v", found, err)
 	}
-	if v := corkOf(t, c); v != 0 {
+	if v := corkOf(t, c, exe); v != 0 {
 		t.Fatalf("TCP_CORK %d after, want 0", v)
 	}
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
