@@ -680,23 +680,7 @@ func (c criuRunner) watchdog(abort <-chan struct{}, dir string) (stop func() str
 // CRIU binary at exe and holds dir open (as its working directory or a
 // file descriptor), or 0.
 func criuWorker(exe, dir string) int {
-	want, err := os.Stat(exe)
-	if err != nil {
-		return 0
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	self := os.Getpid()
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || ppidOf(pid) != self {
-			continue
-		}
-		if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || !os.SameFile(fi, want) {
-			continue
-		}
+	for _, pid := range childrenRunning(exe) {
 		if holds(pid, dir) {
 			return pid
 		}

@@ -41,19 +41,6 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// ppidOf returns pid's parent (field 4 of /proc/PID/stat), or -1.
-func ppidOf(pid int) int {
-	f, err := statFields(pid, 2)
-	if err != nil {
-		return -1
-	}
-	ppid, err := strconv.Atoi(f[1])
-	if err != nil {
-		return -1
-	}
-	return ppid
-}
-
 // alive reports whether pid exists and is not a zombie.
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -65,16 +52,41 @@ func alive(pid int) bool {
 	return i >= 0 && len(s) > i+2 && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
-// hasChildren reports whether any thread of pid has a child process
-// (/proc/PID/task/TID/children lists the children each thread forked).
-func hasChildren(pid int) bool {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+// childrenOf returns the child processes of pid ("self" or a number):
+// those any of its threads forked (/proc/PID/task/TID/children).
+func childrenOf(pid string) []int {
+	var pids []int
+	tasks, _ := filepath.Glob("/proc/" + pid + "/task/*/children")
 	for _, t := range tasks {
-		if c, _ := os.ReadFile(t); len(strings.TrimSpace(string(c))) > 0 {
-			return true
+		b, _ := os.ReadFile(t)
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, c)
+			}
 		}
 	}
-	return false
+	return pids
+}
+
+// hasChildren reports whether any thread of pid has a child process.
+func hasChildren(pid int) bool {
+	return len(childrenOf(strconv.Itoa(pid))) > 0
+}
+
+// childrenRunning returns the child processes of this one that run the
+// binary exe.
+func childrenRunning(exe string) []int {
+	want, err := os.Stat(exe)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, pid := range childrenOf("self") {
+		if fi, err := os.Stat(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && os.SameFile(fi, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // nsPid maps a host pid to its pid inside its innermost pid namespace.

@@ -23,21 +23,6 @@ import (
 // partial segment and its "close"). Uncorking the socket once CRIU has
 // corked it makes each message go at once; CRIU never corks it again.
 
-// childProcs returns the processes this one started (any of its threads).
-func childProcs() []int {
-	var pids []int
-	tasks, _ := filepath.Glob("/proc/self/task/*/children")
-	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		for _, f := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(f); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids
-}
-
 // uncorkCriuEnd finds the socket at the other end of c, a loopback
 // connection between this agent and a CRIU process it started (criu is the
 // binary's path), and clears TCP_CORK on it and sets TCP_NODELAY (through
@@ -64,15 +49,8 @@ func otherEnd(c *net.TCPConn, exe string) (int, error) {
 	if !ok1 || !ok2 {
 		return -1, errors.New("not a TCP connection")
 	}
-	want, err := filepath.EvalSymlinks(exe)
-	if err != nil {
-		return -1, err
-	}
 	var errs []error
-	for _, pid := range childProcs() {
-		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || exe != want {
-			continue
-		}
+	for _, pid := range childrenRunning(exe) {
 		fd, err := socketIn(pid, remote, local)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("process %d: %w", pid, err))
