@@ -654,8 +654,9 @@ func TestRootCgroupYard(t *testing.T) {
 }
 
 // lazyDaemonNiced checks that a lazy-pages daemon for the images in dir
-// (it reads them, then waits for a restore) runs at lazyDaemonNice: it
-// spins while it waits for pages.
+// (it reads them, then waits for a restore) runs at lazyDaemonNice, with
+// lazyDaemonSlice where the kernel keeps a fair task's slice (6.12 and
+// later): it spins while it waits for pages.
 func lazyDaemonNiced(t *testing.T, c criuRunner, dir string) {
 	t.Helper()
 	d, err := c.startLazyDaemon(t.Context(), dir, t.TempDir(), "127.0.0.1", 1)
@@ -669,5 +670,24 @@ func lazyDaemonNiced(t *testing.T, c criuRunner, dir string) {
 	}
 	if f[16] != strconv.Itoa(lazyDaemonNice) { // field 19
 		t.Fatalf("lazy-pages daemon's nice %s, want %d", f[16], lazyDaemonNice)
+	}
+	attr, err := unix.SchedGetAttr(d.cmd.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uts unix.Utsname
+	unix.Uname(&uts)
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &major, &minor)
+	want := uint64(lazyDaemonSlice.Nanoseconds())
+	switch {
+	case attr.Policy != unix.SCHED_NORMAL:
+		t.Fatalf("lazy-pages daemon's policy %d, want SCHED_NORMAL", attr.Policy)
+	case major > 6 || major == 6 && minor >= 12:
+		if attr.Runtime != want {
+			t.Fatalf("lazy-pages daemon's slice %d ns on Linux %d.%d, want %d", attr.Runtime, major, minor, want)
+		}
+	default:
+		t.Logf("Linux %d.%d keeps no slice for fair tasks (the daemon's reads %d ns)", major, minor, attr.Runtime)
 	}
 }

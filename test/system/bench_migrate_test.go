@@ -32,8 +32,12 @@ import (
 // BENCH_TRIALS_MIGRATE_<size>, else BENCH_TRIALS, else 6 at 100M and 2 at
 // 1G; BENCH_MIGRATE_COLUMNS, the columns to run (default all:
 // "post-copy stop-and-copy raw cold"), for looking into one of them (the
-// others' cells stay empty, so use scripts/bench.sh --no-docs). A trial of a migration column is one migration: they alternate
-// A→B and B→A, so 6 trials are 3 round trips.
+// others' cells stay empty, so use scripts/bench.sh --no-docs);
+// BENCH_MIGRATE_LINK_RATE, the limit of the link for the second table of
+// each size (post-copy against a plain copy over a LAN-like link; tc's
+// notation, default "1gbit", "off" for none). A trial of a migration
+// column is one migration: they alternate A→B and B→A, so 6 trials are 3
+// round trips.
 func TestBenchMigrate(t *testing.T) {
 	criuPath := testbed.CriuPath(t)
 	sizes, err := benchkit.Sizes("100M 1G")
@@ -202,6 +206,10 @@ func benchMigrateSize(t *testing.T, criuPath string, size benchkit.Size, trials 
 	for len(m.samples[colCopy]) < 3 {
 		m.plainCopy()
 	}
+	var shaped string
+	if rate := envOr("BENCH_MIGRATE_LINK_RATE", "1gbit"); rate != "off" && m.no[colPostCopy] == "" {
+		shaped = m.overShapedLink(size, rate)
+	}
 
 	kvAcked := m.kvLoad.finish(t)
 	rawAcked := m.rawLoad.finish(t)
@@ -218,7 +226,67 @@ func benchMigrateSize(t *testing.T, criuPath string, size benchkit.Size, trials 
 			}
 		}
 	}
-	return m.markdown(size, trials, kvAcked, rawAcked)
+	out := m.markdown(size, trials, kvAcked, rawAcked)
+	if shaped != "" {
+		out += "\n" + shaped
+	}
+	return out
+}
+
+// overShapedLink measures post-copy against a plain copy once more, with
+// the link between the hosts limited to rate (tc's notation) in each
+// direction: as on a LAN, where the link and not the CPU is the limit. A
+// round trip of the pod and two plain copies, alternating; the samples
+// are kept apart from the main table's.
+func (m *migBench) overShapedLink(size benchkit.Size, rate string) string {
+	if err := m.use(colPostCopy); err != nil {
+		m.t.Fatal(err)
+	}
+	for _, h := range []*testbed.Host{m.a, m.b} {
+		// A token bucket on each host's uplink: its queue holds 20 ms at
+		// the rate, so TCP meets the limit as it would on a switch.
+		benchMust(m.t, "tc", "-n", h.Netns, "qdisc", "replace", "dev", "uplink", "root", "tbf", "rate", rate, "burst", "256kb", "latency", "20ms")
+	}
+	defer func() {
+		for _, h := range []*testbed.Host{m.a, m.b} {
+			exec.Command("tc", "-n", h.Netns, "qdisc", "del", "dev", "uplink", "root").Run()
+		}
+	}()
+	main := m.samples
+	m.samples = map[string][]benchkit.Sample{}
+	defer func() { m.samples = main }()
+	n := benchkit.Median(valuesOf(main[colPostCopy], "bytes"))
+	for i := 0; i < 2; i++ {
+		s, err := m.trial(colPostCopy)
+		if err != nil {
+			m.t.Fatalf("%s over a %s link, post-copy: %v", size, rate, err)
+		}
+		m.samples[colPostCopy] = append(m.samples[colPostCopy], s)
+		m.plainCopyOf(n)
+	}
+	table := &benchkit.Table{
+		Metrics: []benchkit.Metric{
+			{Key: "pause", Label: "client-seen pause, ms", Unit: "ms", Ratio: true},
+			{Key: "frozen", Label: "frozen (service unavailable), ms", Unit: "ms", Ratio: true},
+			{Key: "total", Label: "total, s", Unit: "s", Ratio: true},
+			{Key: "bytes", Label: "bytes sent between the hosts, MB", Unit: "MB", Ratio: true},
+			{Key: "thr", Label: "throughput (bytes sent / total), MB/s", Unit: "MB/s", Ratio: true},
+			{Key: "thr_rel", Label: "throughput / plain copy's, ×", Unit: "×"},
+		},
+		Columns: []benchkit.Column{{Key: colPostCopy, Label: "post-copy"}, {Key: colCopy, Label: "plain TCP copy"}},
+		Ratios:  [][2]string{{colPostCopy, colCopy}},
+	}
+	plainThr := benchkit.Median(m.values(colCopy, "thr"))
+	for _, col := range []string{colPostCopy, colCopy} {
+		for _, s := range m.samples[col] {
+			if v, ok := s["thr"]; ok && plainThr > 0 {
+				s["thr_rel"] = v / plainThr
+			}
+			table.Add(col, s)
+		}
+	}
+	return fmt.Sprintf("#### The same %s over a link limited to %s\n\nThe link between hosts A and B limited to %s in each direction (a token bucket, `tc qdisc … tbf rate %s`, on each host's uplink), as on a LAN where the link and not the CPU is the limit: 1 round trip of post-copy migrations, with the writing client, and 2 plain copies of as many bytes, alternating.\n\n%s",
+		size, rateLabel(rate), rateLabel(rate), rate, table.Markdown())
 }
 
 // errUnavailable says that a strategy cannot run on these hosts.
@@ -427,6 +495,11 @@ func (m *migBench) plainCopy() {
 			break
 		}
 	}
+	m.plainCopyOf(n)
+}
+
+// plainCopyOf adds a plain copy of n bytes (no n: the pod's data size).
+func (m *migBench) plainCopyOf(n float64) {
 	if !(n > 0) {
 		n = float64(int64(m.mib) << 20)
 	}
@@ -447,8 +520,23 @@ func (m *migBench) plainCopy() {
 }
 
 func (m *migBench) values(col, key string) []float64 {
+	return valuesOf(m.samples[col], key)
+}
+
+// rateLabel spells a tc rate ("1gbit") for people ("1 Gbit/s").
+func rateLabel(rate string) string {
+	for _, u := range []struct{ tc, label string }{{"gbit", "Gbit/s"}, {"mbit", "Mbit/s"}, {"kbit", "kbit/s"}} {
+		if n, ok := strings.CutSuffix(rate, u.tc); ok {
+			return n + " " + u.label
+		}
+	}
+	return rate
+}
+
+// valuesOf returns the values of key in samples, sorted.
+func valuesOf(samples []benchkit.Sample, key string) []float64 {
 	var vs []float64
-	for _, s := range m.samples[col] {
+	for _, s := range samples {
 		if v, ok := s[key]; ok {
 			vs = append(vs, v)
 		}
