@@ -213,6 +213,14 @@ type criuRequest struct {
 	// bits, so that the next one in a pre-copy series dumps only the
 	// pages written since.
 	TrackMem bool
+	// CutOff says that the caller has cut the pod off the network before
+	// this dump and keeps it cut off until the pod is thawed or killed
+	// (a migration's traffic hold, or its disabled bridge port). CRIU's
+	// own network lock would then guard nothing and only cost time: it
+	// deletes its nftables table in the pod's namespace after a dump that
+	// leaves the tasks alive, 8-15 ms inside the freeze here. Its
+	// network-lock notifications still come.
+	CutOff bool
 	// ParentImg is the previous (pre-)dump's images directory, relative
 	// to ImagesDir ("../precopy-1"): pages unchanged since then are
 	// recorded as being in the parent rather than dumped again.
@@ -317,6 +325,9 @@ func (c criuRunner) dump(ctx context.Context, cr *criu.Criu, typ rpc.CriuReqType
 	}
 	if r.FreezeCgroup != "" {
 		o.FreezeCgroup = proto.String(r.FreezeCgroup)
+	}
+	if r.CutOff {
+		o.NetworkLock = rpc.CriuNetworkLockMethod_SKIP.Enum()
 	}
 	if r.TrackMem {
 		o.TrackMem = proto.Bool(true)

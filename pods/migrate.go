@@ -678,8 +678,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	if err := m.cg.freeze(s.Name, true); err != nil {
 		return rollback(err)
 	}
+	// The pod is cut off: held, its port disabled, or without a network.
 	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
-		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash), ExtNetns: acc.ExtNetns}
+		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash), ExtNetns: acc.ExtNetns,
+		CutOff: true}
 	if tmpfs != nil {
 		for _, t := range podTmpfsMounts {
 			req.ExtMounts[t.target] = "" // a dump takes the targets only

@@ -4,6 +4,7 @@ package pods
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,7 +20,9 @@ import (
 	"time"
 
 	"github.com/autopod/autopod/test/resp"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // The root tier: real CRIU, namespaces, cgroups, veths and redis-server.
@@ -401,9 +404,28 @@ bridge = %q
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/usr/bin/bash", st.Pid)); err == nil {
 		t.Fatal("pod with a separate root sees the host's /usr/bin/bash")
 	}
+	// A dump of a pod that its caller has cut off the network (a
+	// migration's) takes no network lock of CRIU's; a checkpoint does.
+	m.mu.Lock()
+	p := m.pods["rootfs"]
+	cutReq := criuRequest{ImagesDir: t.TempDir(), WorkDir: t.TempDir(), LogName: "dump.log", Pid: st.Pid,
+		LeaveRunning: true, CutOff: true, ExtMounts: m.extMounts(p.spec, p.st.InitHash)}
+	m.mu.Unlock()
+	if err := m.criu.Dump(ctx, cutReq); err != nil {
+		t.Fatal(err)
+	}
+	if got := imagesNetworkLock(t, cutReq.ImagesDir); got != criuNetworkLockSkip {
+		t.Errorf("a dump with CutOff recorded network lock method %d, want %d (skip)", got, criuNetworkLockSkip)
+	}
+	if v, err := c.Cmd("GET", "k"); err != nil || v != "v" {
+		t.Fatalf("GET after a dump that left the pod running: %q %v", v, err)
+	}
 	res, err := m.Checkpoint(ctx, "rootfs", CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := imagesNetworkLock(t, res.Dir); got != 1 {
+		t.Errorf("a checkpoint recorded network lock method %d, want 1 (nftables)", got)
 	}
 	lazyDaemonNiced(t, m.criu, res.Dir)
 	if err := m.Restore(ctx, "rootfs"); err != nil {
@@ -651,6 +673,24 @@ func TestRootCgroupYard(t *testing.T) {
 	y.mu.Lock()
 	y.closeLocked()
 	y.mu.Unlock()
+}
+
+// imagesNetworkLock returns the network-lock method that the dump in dir
+// recorded (CRIU's enum: iptables 0, nftables 1, skip 2).
+func imagesNetworkLock(t *testing.T, dir string) uint32 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "inventory.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 8 || binary.LittleEndian.Uint32(b) != inventoryMagic {
+		t.Fatalf("%s: not an inventory image", dir)
+	}
+	var e inventory.InventoryEntry
+	if err := proto.Unmarshal(b[8:8+binary.LittleEndian.Uint32(b[4:])], &e); err != nil {
+		t.Fatal(err)
+	}
+	return e.GetNetworkLockMethod()
 }
 
 // lazyDaemonNiced checks that a lazy-pages daemon for the images in dir
