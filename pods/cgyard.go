@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"syscall"
 
+	"github.com/autopod/autopod/osthread"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -135,7 +135,7 @@ func (y *cgroupYard) closeLocked() {
 // buildYard makes a mount namespace with a tmpfs holding a mount of each
 // hierarchy and returns the namespace and the tmpfs's directory. It works
 // on a thread of its own, which it moves into the new namespace and which
-// ends with it (onDoomedThread): no other thread of the agent changes
+// ends with it (osthread.Doomed): no other thread of the agent changes
 // namespace.
 func buildYard(hs []cgHierarchy) (ns, dir *os.File, err error) {
 	type result struct {
@@ -143,11 +143,11 @@ func buildYard(hs []cgHierarchy) (ns, dir *os.File, err error) {
 		err     error
 	}
 	ch := make(chan result, 1)
-	onDoomedThread(func() {
+	osthread.Doomed(func() {
 		var r result
 		r.ns, r.dir, r.err = func() (*os.File, *os.File, error) {
 			if unix.Gettid() == unix.Getpid() {
-				return nil, nil, errors.New("on the main thread") // onDoomedThread's bug
+				return nil, nil, errors.New("on the main thread") // osthread.Doomed's bug
 			}
 			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 				return nil, nil, fmt.Errorf("unshare the mount namespace: %w", err)
@@ -188,31 +188,6 @@ func buildYard(hs []cgHierarchy) (ns, dir *os.File, err error) {
 		return nil, nil, fmt.Errorf("cgroup yard: %w", r.err)
 	}
 	return r.ns, r.dir, nil
-}
-
-// onDoomedThread runs fn on an OS thread of its own, which ends when fn
-// returns: fn may change what only its thread has (its mount namespace).
-// A goroutine that exits locked to its thread takes the thread with it,
-// except the process's main thread, which Go keeps (wedged) instead; and
-// the main thread is what /proc/self shows, so fn must not run there. When
-// the goroutine lands on the main thread, it keeps that thread busy while
-// a second goroutine, which then cannot land there, runs fn.
-func onDoomedThread(fn func()) {
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() != unix.Getpid() {
-			fn()
-			return // locked: the thread ends
-		}
-		done := make(chan struct{})
-		go func() {
-			runtime.LockOSThread()
-			defer close(done)
-			fn()
-		}()
-		<-done
-		runtime.UnlockOSThread()
-	}()
 }
 
 // imageHierarchies returns the hierarchy directories that CRIU's restore

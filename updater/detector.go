@@ -70,7 +70,7 @@ type Options struct {
 	// --refresh). Off, detection only reads what is cached and never touches the
 	// network: dnf runs with -C, and fails if it has no cache yet.
 	Refresh bool
-	// Runner runs the tools; nil is ExecRunner.
+	// Runner runs the tools; nil is ExecRunner at CheckNice.
 	Runner Runner
 	// Env is added to every command's environment (APT_CONFIG for a private apt).
 	Env []string
@@ -95,7 +95,7 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.Runner == nil {
-		o.Runner = ExecRunner{}
+		o.Runner = ExecRunner{Nice: CheckNice}
 	}
 	if o.RebootRequiredFile == "" {
 		o.RebootRequiredFile = DefaultRebootRequiredFile

@@ -3,14 +3,18 @@ package updater
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeRunner answers commands from a table keyed by the tool and its command word
@@ -384,6 +388,51 @@ func TestExecRunner(t *testing.T) {
 	if _, err := (ExecRunner{}).Run(ctx, Command{Name: "sh", Args: []string{"-c", "kill -9 $$"}}); err == nil {
 		t.Error("a tool killed by a signal is no error")
 	}
+}
+
+// TestExecRunnerNice: the command starts with the nice value asked for (a
+// shell that reads its own), and the runner's threads keep theirs.
+func TestExecRunnerNice(t *testing.T) {
+	before, err := unix.Getpriority(unix.PRIO_PROCESS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nice := range []int{CheckNice, 0} {
+		res, err := ExecRunner{Nice: nice}.Run(t.Context(), Command{Name: "sh", Args: []string{"-c", "cat /proc/$$/stat"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stat := string(res.Stdout)
+		f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+2:])
+		want := nice
+		if nice == 0 {
+			want = 20 - before // getpriority's 40..1 is nice -20..19
+		}
+		if len(f) < 17 || f[16] != strconv.Itoa(want) { // field 19
+			t.Errorf("ExecRunner{Nice: %d} ran a command at nice %v, want %d", nice, f[16:17], want)
+		}
+	}
+	for i := 0; i < 20; i++ {
+		// Busy threads: a thread left at nice 19 would show up.
+		ExecRunner{Nice: CheckNice}.Run(t.Context(), Command{Name: "true"})
+	}
+	// The threads that started them end just after: give them a moment.
+	var odd []string
+	for try := 0; try < 100; try++ {
+		odd = nil
+		tasks, _ := os.ReadDir("/proc/self/task")
+		for _, e := range tasks {
+			tid, _ := strconv.Atoi(e.Name())
+			if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err == nil && p != before {
+				odd = append(odd, fmt.Sprintf("thread %d at priority %d", tid, p))
+			}
+		}
+		if len(odd) == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("the runner's process keeps threads that are not at priority %d: %v", before, odd)
 }
 
 func TestCommandErrorTruncates(t *testing.T) {

@@ -9,6 +9,9 @@ import (
 	"os/exec"
 	"strings"
 	"time"
+
+	"github.com/autopod/autopod/osthread"
+	"golang.org/x/sys/unix"
 )
 
 // Command is one run of a package tool.
@@ -38,20 +41,33 @@ type Runner interface {
 }
 
 // ExecRunner runs commands on this host with exec.CommandContext.
-type ExecRunner struct{}
+type ExecRunner struct {
+	// Nice, when not 0, is the commands' nice value (they and their
+	// children start with it).
+	Nice int
+}
+
+// CheckNice is the nice value of the detector's commands by default: a
+// check is background work and must not take the CPU from the pods. At
+// the agent's start, apt-get --simulate took 2.7 s of CPU on two cores and
+// stretched a post-copy migration running meanwhile from 0.6 s to 2.2 s.
+const CheckNice = 19
 
 // waitDelay bounds how long Run waits for output after the context ends and the tool
 // was killed: apt's download methods are its children and keep the pipes open.
 const waitDelay = 5 * time.Second
 
 // Run implements Runner.
-func (ExecRunner) Run(ctx context.Context, c Command) (Result, error) {
+func (r ExecRunner) Run(ctx context.Context, c Command) (Result, error) {
 	cmd := exec.CommandContext(ctx, c.Name, c.Args...)
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), c.Env...)
 	cmd.WaitDelay = waitDelay
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	err := startNiced(cmd, r.Nice)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return res, fmt.Errorf("%s: %w", c, ctxErr)
@@ -65,6 +81,26 @@ func (ExecRunner) Run(ctx context.Context, c Command) (Result, error) {
 		return res, fmt.Errorf("%s: %w", c, err)
 	}
 	return res, nil
+}
+
+// startNiced starts cmd with nice value nice (0: as this process). The
+// child takes its nice value from the thread that starts it, so the start
+// runs on a thread of its own whose value is set first, and which ends
+// after it.
+func startNiced(cmd *exec.Cmd, nice int) error {
+	if nice == 0 {
+		return cmd.Start()
+	}
+	errc := make(chan error, 1)
+	osthread.Doomed(func() {
+		// Who 0 is the calling thread: Linux keeps a nice value per thread.
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, nice); err != nil {
+			errc <- fmt.Errorf("%s: set nice %d: %w", cmd.Path, nice, err)
+			return
+		}
+		errc <- cmd.Start()
+	})
+	return <-errc
 }
 
 // CommandError is a package tool that failed: it exited with a code that means
