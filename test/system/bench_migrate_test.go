@@ -85,7 +85,7 @@ const migLegend = `- **post-copy**, **stop-and-copy**: ` + "`autopodctl migrate 
 - **frozen**: autopod: from isolating the pod on the source until the destination exposes it (the agent's own measurement); raw: from the start of ` + "`criu dump`" + ` to the ARP announcement after the restore; cold: from the SAVE until redis answers with its data loaded. **total**: the whole migration, including what is copied while the pod runs (post-copy: until the last page has moved); raw and cold: the same as frozen.
 - **bytes sent**: IP bytes that went between the two hosts, both directions, during the trial (nftables counters in the hosts' namespaces; TLS, TCP and IP headers included). **throughput**: bytes sent / total; **throughput / plain copy's**: against the median plain copy of the same run. The phase rows split the references' time.
 - Podman's ` + "`container checkpoint --export`" + ` and ` + "`container restore --import`" + ` of the same workload are not in this table: a separate benchmark measures them, in their own section of this file.
-- Trials of all columns alternate, two of each column in turn, so that every column meets the same neighbours; cells are the median and, in brackets, the min–max over the trials; ratios are of medians.
+- Trials of all columns alternate, two of each column in turn, so that every column meets the same neighbours; cells are the median and, in brackets, the min–max over the trials; ratios are of medians. Before each trial the bench runs ` + "`sync`" + ` and waits up to 10 s for half a second of CPU pressure under 30 % with the CPUs at most a quarter busy (an agent checks for updates when it starts, and the agents restart to switch strategy).
 `
 
 // notSelected is why a column that BENCH_MIGRATE_COLUMNS leaves out is
