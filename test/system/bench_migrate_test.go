@@ -265,14 +265,7 @@ func (m *migBench) overShapedLink(size benchkit.Size, rate string) string {
 		m.plainCopyOf(n)
 	}
 	table := &benchkit.Table{
-		Metrics: []benchkit.Metric{
-			{Key: "pause", Label: "client-seen pause, ms", Unit: "ms", Ratio: true},
-			{Key: "frozen", Label: "frozen (service unavailable), ms", Unit: "ms", Ratio: true},
-			{Key: "total", Label: "total, s", Unit: "s", Ratio: true},
-			{Key: "bytes", Label: "bytes sent between the hosts, MB", Unit: "MB", Ratio: true},
-			{Key: "thr", Label: "throughput (bytes sent / total), MB/s", Unit: "MB/s", Ratio: true},
-			{Key: "thr_rel", Label: "throughput / plain copy's, ×", Unit: "×"},
-		},
+		Metrics: migMetricsNamed("pause", "frozen", "total", "bytes", "thr", "thr_rel"),
 		Columns: []benchkit.Column{{Key: colPostCopy, Label: "post-copy"}, {Key: colCopy, Label: "plain TCP copy"}},
 		Ratios:  [][2]string{{colPostCopy, colCopy}},
 	}
@@ -545,22 +538,36 @@ func valuesOf(samples []benchkit.Sample, key string) []float64 {
 	return vs
 }
 
+// migMetrics are the rows of the migration tables, in their order.
+var migMetrics = []benchkit.Metric{
+	{Key: "pause", Label: "client-seen pause, ms", Unit: "ms", Ratio: true},
+	{Key: "pause_worst", Label: "client-seen pause, worst trial, ms", Unit: "ms", Ratio: true},
+	{Key: "frozen", Label: "frozen (service unavailable), ms", Unit: "ms", Ratio: true},
+	{Key: "total", Label: "total, s", Unit: "s", Ratio: true},
+	{Key: "bytes", Label: "bytes sent between the hosts, MB", Unit: "MB", Ratio: true},
+	{Key: "thr", Label: "throughput (bytes sent / total), MB/s", Unit: "MB/s", Ratio: true},
+	{Key: "thr_rel", Label: "throughput / plain copy's, ×", Unit: "×"},
+	{Key: "p_dump", Label: "phase: criu dump (cold: SAVE), s", Unit: "s", Ratio: true},
+	{Key: "p_copy", Label: "phase: copy of the images, s", Unit: "s"},
+	{Key: "p_restore", Label: "phase: criu restore and ARP (cold: stop, start, load), s", Unit: "s", Ratio: true},
+	{Key: "redials", Label: "client reconnections"},
+}
+
+// migMetricsNamed returns the rows of migMetrics with the keys given.
+func migMetricsNamed(keys ...string) []benchkit.Metric {
+	var ms []benchkit.Metric
+	for _, m := range migMetrics {
+		if slices.Contains(keys, m.Key) {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
 func (m *migBench) markdown(size benchkit.Size, trials int, kvAcked, rawAcked int64) string {
 	labels := map[string]string{colPostCopy: "post-copy", colStopCopy: "stop-and-copy", colRaw: "raw CRIU pipeline", colCold: "cold restart", colCopy: "plain TCP copy"}
 	table := &benchkit.Table{
-		Metrics: append([]benchkit.Metric{
-			{Key: "pause", Label: "client-seen pause, ms", Unit: "ms", Ratio: true},
-			{Key: "pause_worst", Label: "client-seen pause, worst trial, ms", Unit: "ms", Ratio: true},
-			{Key: "frozen", Label: "frozen (service unavailable), ms", Unit: "ms", Ratio: true},
-			{Key: "total", Label: "total, s", Unit: "s", Ratio: true},
-			{Key: "bytes", Label: "bytes sent between the hosts, MB", Unit: "MB", Ratio: true},
-			{Key: "thr", Label: "throughput (bytes sent / total), MB/s", Unit: "MB/s", Ratio: true},
-			{Key: "thr_rel", Label: "throughput / plain copy's, ×", Unit: "×"},
-			{Key: "p_dump", Label: "phase: criu dump (cold: SAVE), s", Unit: "s", Ratio: true},
-			{Key: "p_copy", Label: "phase: copy of the images, s", Unit: "s"},
-			{Key: "p_restore", Label: "phase: criu restore and ARP (cold: stop, start, load), s", Unit: "s", Ratio: true},
-			{Key: "redials", Label: "client reconnections"},
-		}, benchkit.PressureMetrics()...),
+		Metrics: append(slices.Clone(migMetrics), benchkit.PressureMetrics()...),
 	}
 	plainThr := benchkit.Median(m.values(colCopy, "thr"))
 	var notes []string
