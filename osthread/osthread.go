@@ -1,10 +1,12 @@
 // Package osthread runs code on an operating-system thread of its own, for
 // changes that Linux keeps per thread (a mount namespace, a nice value)
-// and that must not leak into the threads the Go scheduler shares.
+// and that must not leak into the threads the Go scheduler shares; and
+// sets a thread's scheduling for background work.
 package osthread
 
 import (
 	"runtime"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,4 +36,30 @@ func Doomed(fn func()) {
 		<-done
 		runtime.UnlockOSThread()
 	}()
+}
+
+// ShortSlice is the scheduler slice that Yielding asks for: the shortest
+// Linux grants a fair task (sched_setattr's sched_runtime, taken as the
+// slice by Linux 6.12 and later; older kernels ignore it). By default a
+// task's slice is 0.7 ms times 1 + log2 of the CPUs (1.4 ms on two), and
+// Linux may let the task on a CPU run it out before a task that wakes
+// there runs.
+const ShortSlice = 100 * time.Microsecond
+
+// Yielding gives thread tid (0: the calling thread; a single-threaded
+// process's pid: that process) nice value nice and ShortSlice, so that it
+// yields its CPU soon to any task that wakes there. Where sched_setattr
+// fails (it is Linux 3.14's), it sets the nice value alone. Children
+// forked by the thread afterwards inherit both.
+func Yielding(tid, nice int) error {
+	attr := &unix.SchedAttr{
+		Size:    unix.SizeofSchedAttr,
+		Policy:  unix.SCHED_NORMAL,
+		Nice:    int32(nice),
+		Runtime: uint64(ShortSlice.Nanoseconds()),
+	}
+	if err := unix.SchedSetAttr(tid, attr, 0); err == nil {
+		return nil
+	}
+	return unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
 }

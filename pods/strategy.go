@@ -10,9 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/autopod/autopod/osthread"
 )
 
 // Migration strategies. The pod is frozen only for the final step of each.
@@ -157,7 +156,7 @@ func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr stri
 	}
 	// One thread: the process's scheduling is its only thread's. It
 	// fails only when the daemon is gone, which the restore notices.
-	_ = yieldingSpinner(d.cmd.Process.Pid)
+	_ = osthread.Yielding(d.cmd.Process.Pid, lazyDaemonNice)
 	return d, nil
 }
 
@@ -167,32 +166,12 @@ func (c criuRunner) startLazyDaemon(ctx context.Context, dir, workDir, addr stri
 const lazyDaemonNice = 10
 
 // lazyDaemonSlice is the scheduler slice the lazy-pages daemon asks for
-// (sched_setattr's sched_runtime, which Linux 6.12 and later take as a
-// fair task's slice; older kernels ignore it). Linux may let the task on
-// a CPU run out its slice (by default 0.7 ms times 1 + log2 of the CPUs:
-// 1.4 ms on two) before a task that wakes there runs. The spinning daemon
-// is on a CPU most of the time, so each hop of a page request (the
-// relay's reads and writes, the page server, the faulting pod) could wait
-// that long for it. With 100 µs, the shortest slice Linux grants, 1 GiB
-// moved in 3.2-3.5 s where nice alone took 3.8-4.2 s, in alternating
-// runs (at 100 MiB: no change).
-const lazyDaemonSlice = 100 * time.Microsecond
-
-// yieldingSpinner sets pid's scheduling to lazyDaemonNice and
-// lazyDaemonSlice; where sched_setattr fails (it is Linux 3.14's), the
-// nice value alone.
-func yieldingSpinner(pid int) error {
-	attr := &unix.SchedAttr{
-		Size:    unix.SizeofSchedAttr,
-		Policy:  unix.SCHED_NORMAL,
-		Nice:    lazyDaemonNice,
-		Runtime: uint64(lazyDaemonSlice.Nanoseconds()),
-	}
-	if err := unix.SchedSetAttr(pid, attr, 0); err == nil {
-		return nil
-	}
-	return syscall.Setpriority(syscall.PRIO_PROCESS, pid, lazyDaemonNice)
-}
+// (osthread.ShortSlice). The spinning daemon is on a CPU most of the time,
+// so with the default slice each hop of a page request (the relay's reads
+// and writes, the page server, the faulting pod) could wait for it to run
+// its slice out. With 100 µs, 1 GiB moved in 3.2-3.5 s where nice alone
+// took 3.8-4.2 s, in alternating runs (at 100 MiB: no change).
+const lazyDaemonSlice = osthread.ShortSlice
 
 // startPageServer runs `criu page-server` on addr:port, writing the pages
 // a dump sends into dir; it returns once the server listens, and ends

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/autopod/autopod/osthread"
-	"golang.org/x/sys/unix"
 )
 
 // Command is one run of a package tool.
@@ -42,15 +41,16 @@ type Runner interface {
 
 // ExecRunner runs commands on this host with exec.CommandContext.
 type ExecRunner struct {
-	// Nice, when not 0, is the commands' nice value (they and their
-	// children start with it).
+	// Nice, when not 0, is the commands' nice value, with the shortest
+	// scheduler slice (they and their children start with both).
 	Nice int
 }
 
-// CheckNice is the nice value of the detector's commands by default: a
-// check is background work and must not take the CPU from the pods. At
-// the agent's start, apt-get --simulate took 2.7 s of CPU on two cores and
-// stretched a post-copy migration running meanwhile from 0.6 s to 2.2 s.
+// CheckNice is the nice value of the detector's commands by default (with
+// the shortest slice): a check is background work and must not take the
+// CPU from the pods. At the agent's start, apt-get --simulate took 2.7 s
+// of CPU on two cores and stretched a post-copy migration running
+// meanwhile from 0.6 s to 2.2 s.
 const CheckNice = 19
 
 // waitDelay bounds how long Run waits for output after the context ends and the tool
@@ -83,18 +83,20 @@ func (r ExecRunner) Run(ctx context.Context, c Command) (Result, error) {
 	return res, nil
 }
 
-// startNiced starts cmd with nice value nice (0: as this process). The
-// child takes its nice value from the thread that starts it, so the start
-// runs on a thread of its own whose value is set first, and which ends
-// after it.
+// startNiced starts cmd with nice value nice and the shortest scheduler
+// slice (osthread.Yielding), so that it gives way at once to the work it
+// shares the CPUs with; nice 0 starts it as this process. The child takes
+// its scheduling from the thread that starts it, so the start runs on a
+// thread of its own whose scheduling is set first, and which ends after
+// it.
 func startNiced(cmd *exec.Cmd, nice int) error {
 	if nice == 0 {
 		return cmd.Start()
 	}
 	errc := make(chan error, 1)
 	osthread.Doomed(func() {
-		// Who 0 is the calling thread: Linux keeps a nice value per thread.
-		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, nice); err != nil {
+		// 0 is the calling thread: Linux keeps scheduling per thread.
+		if err := osthread.Yielding(0, nice); err != nil {
 			errc <- fmt.Errorf("%s: set nice %d: %w", cmd.Path, nice, err)
 			return
 		}
