@@ -795,13 +795,26 @@ target = "/tmp"
 	a.StartAgent(t)
 	b.StartAgent(t)
 	bed.Pair(t)
+	// The pod rewrites its files every 10 ms (truncate, then write): a
+	// read in between finds one empty, and is made again.
+	readCount := func(path string) (int, error) {
+		for try := 0; ; try++ {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return 0, err
+			}
+			if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil || try == 50 {
+				return n, err
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	read := func(pid int, p string) int {
 		t.Helper()
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s", pid, p))
+		n, err := readCount(fmt.Sprintf("/proc/%d/root%s", pid, p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
 		return n
 	}
 	pid := waitPod(t, a, "scratch", "running").Pid
@@ -815,8 +828,7 @@ target = "/tmp"
 	}
 	// The pod's /tmp on B is B's data directory, which it keeps writing.
 	onDisk := func() int {
-		data, _ := os.ReadFile(filepath.Join(b.DataDir, "scratch", "count"))
-		n, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		n, _ := readCount(filepath.Join(b.DataDir, "scratch", "count"))
 		return n
 	}
 	first := onDisk()
