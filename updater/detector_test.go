@@ -406,14 +406,8 @@ func TestExecRunnerNice(t *testing.T) {
 		stat, sched, _ := strings.Cut(string(res.Stdout), "\n")
 		// The slice: the shortest when niced, on kernels that keep one
 		// (6.12 and later show it in /proc/PID/sched).
-		if slice := strings.Fields(sched); nice != 0 && len(slice) == 3 {
-			var uts unix.Utsname
-			unix.Uname(&uts)
-			var major, minor int
-			fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &major, &minor)
-			if (major > 6 || major == 6 && minor >= 12) && slice[2] != strconv.FormatInt(osthread.ShortSlice.Nanoseconds(), 10) {
-				t.Errorf("ExecRunner{Nice: %d} ran a command with slice %s ns, want %d", nice, slice[2], osthread.ShortSlice.Nanoseconds())
-			}
+		if slice := strings.Fields(sched); nice != 0 && len(slice) == 3 && slice[2] != strconv.FormatInt(osthread.ShortSlice.Nanoseconds(), 10) {
+			t.Errorf("ExecRunner{Nice: %d} ran a command with slice %s ns, want %d", nice, slice[2], osthread.ShortSlice.Nanoseconds())
 		}
 		f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+2:])
 		want := nice
