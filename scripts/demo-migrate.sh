@@ -135,7 +135,8 @@ sleep 1
 # Each agent asks apt what is pending when it starts (apt-get --simulate:
 # seconds of CPU, at nice 19). Here both hosts share this machine's CPUs
 # and the first move would compete with those checks; on real hosts each
-# runs on its own. So wait for them (15 s at most).
+# runs on its own. So wait for them (15 s at most each: an agent on a
+# host without apt or dnf checks nothing).
 for h in hosta hostb; do
   for _ in $(seq 150); do grep -q 'msg="updater: ran"' "$demo/$h/agent.log" && break; sleep 0.1; done
 done
