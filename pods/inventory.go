@@ -49,17 +49,26 @@ func setRestoreNetworkLockSkip(dir string) error {
 	return os.Rename(tmp, p)
 }
 
-// inventoryWithNetworkLock returns the inventory image img with its
-// network_lock_method set to method.
-func inventoryWithNetworkLock(img []byte, method uint64) ([]byte, error) {
+// splitInventory returns the entry of the inventory image img (a
+// protobuf InventoryEntry) and what follows it.
+func splitInventory(img []byte) (entry, rest []byte, err error) {
 	if len(img) < 8 || binary.LittleEndian.Uint32(img) != inventoryMagic {
-		return nil, errors.New("not a CRIU inventory image")
+		return nil, nil, errors.New("not a CRIU inventory image")
 	}
 	size := binary.LittleEndian.Uint32(img[4:])
 	if uint64(len(img)-8) < uint64(size) {
-		return nil, errors.New("inventory image: truncated entry")
+		return nil, nil, errors.New("inventory image: truncated entry")
 	}
-	msg, rest := img[8:8+size], img[8+size:]
+	return img[8 : 8+size], img[8+size:], nil
+}
+
+// inventoryWithNetworkLock returns the inventory image img with its
+// network_lock_method set to method.
+func inventoryWithNetworkLock(img []byte, method uint64) ([]byte, error) {
+	msg, rest, err := splitInventory(img)
+	if err != nil {
+		return nil, err
+	}
 	var entry []byte
 	for len(msg) > 0 {
 		num, typ, n := protowire.ConsumeTag(msg)

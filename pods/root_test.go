@@ -4,7 +4,6 @@ package pods
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -683,11 +682,12 @@ func imagesNetworkLock(t *testing.T, dir string) uint32 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) < 8 || binary.LittleEndian.Uint32(b) != inventoryMagic {
-		t.Fatalf("%s: not an inventory image", dir)
+	msg, _, err := splitInventory(b)
+	if err != nil {
+		t.Fatalf("%s: %v", dir, err)
 	}
 	var e inventory.InventoryEntry
-	if err := proto.Unmarshal(b[8:8+binary.LittleEndian.Uint32(b[4:])], &e); err != nil {
+	if err := proto.Unmarshal(msg, &e); err != nil {
 		t.Fatal(err)
 	}
 	return e.GetNetworkLockMethod()
