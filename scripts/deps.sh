@@ -4,8 +4,9 @@
 # Idempotent: a second run checks and returns in seconds. Installs
 #   * apt packages (build tools, redis, dbus, iproute2, nftables, systemd tools),
 #   * a CRIU >= 4.1 that passes `criu check` on the running kernel: the distro's
-#     when it works, else CRIU built from Debian's *source* package (trixie/sid),
-#     installed under $CRIU_PREFIX (default /opt/autopod-criu),
+#     when it works, else CRIU built from Debian's *source* package (trixie/sid)
+#     with autopod's patches (scripts/criu-patches/), installed under
+#     $CRIU_PREFIX (default /opt/autopod-criu),
 #   * Go modules (go mod download).
 # See ../shared/notes/criu-on-these-machines.md for why the build route exists.
 set -euo pipefail
@@ -16,7 +17,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 APT_PKGS=(
-  build-essential pkgconf git ca-certificates
+  build-essential pkgconf git ca-certificates patch
   iproute2 nftables iptables iputils-arping iputils-ping procps psmisc util-linux tar
   redis-server redis-tools
   dbus dbus-bin systemd systemd-container debhelper lintian rpm debootstrap
@@ -56,9 +57,22 @@ criu_ok() { # $1 = binary
   "$1" check >/dev/null 2>&1
 }
 
-if criu_ok "$CRIU_PREFIX/sbin/criu"; then
+# The build carries the patches in scripts/criu-patches (each says what it
+# changes and why); the stamp records which, so that a build made before a
+# patch changed is made again.
+patches=("$here"/scripts/criu-patches/*.patch)
+[ -e "${patches[0]}" ] || patches=()
+patch_stamp=$(cat "${patches[@]}" </dev/null | sha256sum | cut -d' ' -f1)
+stamp_file=$CRIU_PREFIX/autopod-patches.sha256 # which patches the build tried
+applied_file=$CRIU_PREFIX/autopod-patches       # which of them it carries
+bundled_current() {
+  [ -L "$CRIU_PREFIX/sbin/criu" ] && return 0 # the distro's, linked: no build to redo
+  [ "$(cat "$stamp_file" 2>/dev/null)" = "$patch_stamp" ]
+}
+
+if criu_ok "$CRIU_PREFIX/sbin/criu" && bundled_current; then
   log "CRIU ok: $("$CRIU_PREFIX/sbin/criu" --version | head -1) at $CRIU_PREFIX/sbin/criu"
-elif criu_ok /usr/sbin/criu; then
+elif [ ! -e "$CRIU_PREFIX/sbin/criu" ] && criu_ok /usr/sbin/criu; then
   log "distro CRIU works on this kernel; linking it"
   mkdir -p "$CRIU_PREFIX/sbin"
   ln -sf /usr/sbin/criu "$CRIU_PREFIX/sbin/criu"
@@ -98,7 +112,17 @@ PIN
       tarball=$(ls criu_*.orig.tar.* | head -1)
       tar xf "$tarball"
       dir=$(find . -maxdepth 1 -type d -name 'criu-*' | head -1)
-      log "building $dir (about a minute)"
+      : >"$work/applied"
+      for p in "${patches[@]}"; do
+        if patch -d "$dir" -p1 --forward --quiet <"$p" >>"$work/build.log" 2>&1; then
+          log "applied $(basename "$p")"
+          basename "$p" >>"$work/applied"
+        else
+          # Each patch is an improvement, not a fix CRIU needs: build without it.
+          log "$(basename "$p") does not apply to criu $ver; building without it"
+        fi
+      done
+      log "building $dir (a few minutes)"
       if make -C "$dir" -j"$(nproc)" PYTHON=/usr/bin/python3 >"$work/build.log" 2>&1 &&
         make -C "$dir" PYTHON=/usr/bin/python3 PREFIX="$CRIU_PREFIX" SKIP_PIP_INSTALL=1 \
           install-criu install-lib install-compel >>"$work/build.log" 2>&1; then
@@ -115,6 +139,8 @@ PIN
     "$CRIU_PREFIX/sbin/criu" check >&2 || true
     exit 1
   }
+  cp "$work/applied" "$applied_file"
+  echo "$patch_stamp" >"$stamp_file"
   log "CRIU $built installed at $CRIU_PREFIX/sbin/criu"
 fi
 

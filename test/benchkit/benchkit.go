@@ -421,6 +421,7 @@ type Pinger struct {
 	redial int
 	odd    []string  // replies that were not RESP: reported, never expected
 	stopAt time.Time // Finish: stop at the first PONG after this
+	gapEnd time.Time // Finish: the answer that ended the longest gap
 	quit   chan struct{}
 	once   sync.Once
 	done   chan error
@@ -565,9 +566,19 @@ func (p *Pinger) Finish(timeout time.Duration) (gap time.Duration, redials int, 
 		return 0, 0, fmt.Errorf("pinger: %s", strings.Join(p.odd, "; "))
 	}
 	for i := 1; i < len(p.pongs); i++ {
-		gap = max(gap, p.pongs[i].Sub(p.pongs[i-1]))
+		if d := p.pongs[i].Sub(p.pongs[i-1]); d > gap {
+			gap, p.gapEnd = d, p.pongs[i]
+		}
 	}
 	return gap, p.redial, nil
+}
+
+// GapEnd is when the answer that ended Finish's longest gap came: for
+// lining the gap up with the agents' logs.
+func (p *Pinger) GapEnd() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gapEnd
 }
 
 // Stop ends the pinger without a measurement (a failed trial).

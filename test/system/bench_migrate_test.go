@@ -334,6 +334,7 @@ func (m *migBench) measure(addr string, load *benchWriter, step func() (benchkit
 			return nil, err
 		}
 		s["pause"] = migMs(gap)
+		m.t.Logf("client-seen pause %s, answered at %s", gap.Round(time.Millisecond), p.GapEnd().UTC().Format("15:04:05.000"))
 		s["redials"] = float64(redials)
 		if load != nil {
 			s["bytes"] = float64(m.link.bytes(m.t) - before)
@@ -402,11 +403,14 @@ func (m *migBench) autopodLeg(strategy string) (benchkit.Sample, error) {
 		return nil, fmt.Errorf("autopodctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	m.kvOnA = !m.kvOnA
-	waitPod(m.t, dst, "kv", "running")
+	pod := waitPod(m.t, dst, "kv", "running")
 	r, err := waitMigrated(src, seen)
 	if err != nil {
 		return nil, err
 	}
+	// The pod's network namespace is new on the destination: what its TCP
+	// sent again since the restore is what the move lost of its output.
+	m.t.Logf("%s→%s: the restored pod's TCP retransmitted %s segments", src.Name, dst.Name, tcpRetransSegs(pod.Pid))
 	if r.strategy != strategy {
 		return nil, fmt.Errorf("%s migrated with %q, want %s", src.Name, r.strategy, strategy)
 	}
@@ -637,4 +641,30 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// tcpRetransSegs reads the TCP segments retransmitted in the network
+// namespace of process pid ("?" when it cannot).
+func tcpRetransSegs(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", pid))
+	if err != nil {
+		return "?"
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RetransSegs" && i < len(f) {
+				return f[i]
+			}
+		}
+	}
+	return "?"
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -871,4 +872,47 @@ func checkCriuTuning(t *testing.T, a, b *testbed.Host) {
 	if strings.Contains(string(rlog), "delete table") {
 		t.Error("the restore on A ran CRIU's nftables unlock")
 	}
+	checkFaultAround(t, a)
+}
+
+// checkFaultAround checks, when the CRIU in use is the build of `make
+// deps` with its fault-around patch (scripts/criu-patches), that the
+// lazy-pages daemon of h's last post-copy restore asked for more than one
+// page on a page fault at least once.
+func checkFaultAround(t *testing.T, h *testbed.Host) {
+	t.Helper()
+	criu := testbed.CriuPath(t)
+	applied, _ := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(criu)), "autopod-patches"))
+	if !strings.Contains(string(applied), "lazy-pages-fault-around") {
+		t.Logf("%s does not carry the fault-around patch: not checked", criu)
+		return
+	}
+	log, err := os.ReadFile(filepath.Join(h.Dir, "state", "pods", "kv", "criu-logs", "lazy-pages.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return // not a post-copy
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	faults, widened := 0, 0
+	lines := strings.Split(string(log), "\n")
+	for i, l := range lines {
+		_, addr, ok := strings.Cut(l, "#PF at 0x")
+		if !ok {
+			continue
+		}
+		faults++
+		// The request follows: "prN-M Read ADDR N pages".
+		for _, next := range lines[i+1 : min(i+4, len(lines))] {
+			f := strings.Fields(next)
+			if len(f) >= 6 && f[2] == "Read" && f[3] == addr && f[4] != "1" && f[5] == "pages" {
+				widened++
+				break
+			}
+		}
+	}
+	if widened == 0 {
+		t.Errorf("%s's lazy-pages daemon asked for one page on each of %d faults: its CRIU (%s) does not fault around", h.Name, faults, criu)
+	}
+	t.Logf("%s: %d of %d page faults asked for more than one page", h.Name, widened, faults)
 }
