@@ -46,7 +46,7 @@ func TestBenchMigrate(t *testing.T) {
 	}
 	report := &benchkit.Report{Key: "migration", Title: "Live migration between two hosts"}
 	report.Add(benchkit.Environment(
-		fmt.Sprintf("CRIU %s (%s)", migCriuVersion(criuPath), criuPath),
+		fmt.Sprintf("CRIU %s (%s)%s", migCriuVersion(criuPath), criuPath, criuPatchNote(criuPath)),
 		"redis "+benchkit.RedisVersion(),
 		"the hosts are network and mount namespaces of this one machine joined by a bridge (test/testbed): the link between them is a veth pair, and they share its CPUs") + "\n")
 	report.Add(migLegend)
@@ -403,14 +403,11 @@ func (m *migBench) autopodLeg(strategy string) (benchkit.Sample, error) {
 		return nil, fmt.Errorf("autopodctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	m.kvOnA = !m.kvOnA
-	pod := waitPod(m.t, dst, "kv", "running")
+	waitPod(m.t, dst, "kv", "running")
 	r, err := waitMigrated(src, seen)
 	if err != nil {
 		return nil, err
 	}
-	// The pod's network namespace is new on the destination: what its TCP
-	// sent again since the restore is what the move lost of its output.
-	m.t.Logf("%s→%s: the restored pod's TCP retransmitted %s segments", src.Name, dst.Name, tcpRetransSegs(pod.Pid))
 	if r.strategy != strategy {
 		return nil, fmt.Errorf("%s migrated with %q, want %s", src.Name, r.strategy, strategy)
 	}
@@ -622,6 +619,15 @@ func migLegs(n int) string {
 	return s
 }
 
+// criuPatchNote says which of autopod's patches the CRIU at path carries.
+func criuPatchNote(path string) string {
+	ps := testbed.CriuPatches(path)
+	if len(ps) == 0 {
+		return ", as released"
+	}
+	return " with autopod's patches from scripts/criu-patches: " + strings.Join(ps, ", ")
+}
+
 // migCriuVersion is what `criu --version` says, or "?".
 func migCriuVersion(path string) string {
 	out, err := exec.Command(path, "--version").Output()
@@ -641,30 +647,4 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
-}
-
-// tcpRetransSegs reads the TCP segments retransmitted in the network
-// namespace of process pid ("?" when it cannot).
-func tcpRetransSegs(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", pid))
-	if err != nil {
-		return "?"
-	}
-	var names []string
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 2 || f[0] != "Tcp:" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "RetransSegs" && i < len(f) {
-				return f[i]
-			}
-		}
-	}
-	return "?"
 }

@@ -3,6 +3,7 @@
 package system
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -882,8 +884,7 @@ func checkCriuTuning(t *testing.T, a, b *testbed.Host) {
 func checkFaultAround(t *testing.T, h *testbed.Host) {
 	t.Helper()
 	criu := testbed.CriuPath(t)
-	applied, _ := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(criu)), "autopod-patches"))
-	if !strings.Contains(string(applied), "lazy-pages-fault-around") {
+	if !strings.Contains(strings.Join(testbed.CriuPatches(criu), " "), "lazy-pages-fault-around") {
 		t.Logf("%s does not carry the fault-around patch: not checked", criu)
 		return
 	}
@@ -915,4 +916,140 @@ func checkFaultAround(t *testing.T, h *testbed.Host) {
 		t.Errorf("%s's lazy-pages daemon asked for one page on each of %d faults: its CRIU (%s) does not fault around", h.Name, faults, criu)
 	}
 	t.Logf("%s: %d of %d page faults asked for more than one page", h.Name, widened, faults)
+}
+
+// pusherScript is a pod that, once a client connects on port 7000, sends
+// it a counter line every 2 ms whatever the client does: a pod that
+// writes while it is cut off, frozen, restored and exposed.
+const pusherScript = `
+import socket, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 7000))
+l.listen(1)
+c, _ = l.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+i = 0
+while True:
+    c.sendall(b"%d\n" % i)
+    i += 1
+    time.sleep(0.002)
+`
+
+// TestMigratePushingPod moves a pod that writes to its client all the time,
+// there and back, and checks that the client gets every line, in order,
+// with no gap near the second that a restored TCP socket, which has no
+// round-trip time yet, waits before it sends again a segment that was
+// lost around the freeze.
+func TestMigratePushingPod(t *testing.T) {
+	// Stop-and-copy is left out: there the client waits ~1.1 s at each
+	// move (docs/migration.md, "What is not done yet").
+	for _, strategy := range []string{"post-copy"} {
+		t.Run(strategy, func(t *testing.T) {
+			bed := testbed.New(t, 2)
+			a, b := bed.Hosts[0], bed.Hosts[1]
+			addr := testbed.PodAddr(120)
+			os.WriteFile(filepath.Join(a.PodsDir, "push.toml"), []byte(fmt.Sprintf(`command = "/usr/bin/python3"
+args = ["-c", %q]
+[network]
+address = "%s/24"
+`, pusherScript, addr)), 0o644)
+			for _, h := range bed.Hosts {
+				h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
+			}
+			a.StartAgent(t)
+			b.StartAgent(t)
+			bed.Pair(t)
+			waitPod(t, a, "push", "running")
+
+			var c net.Conn
+			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				var err error
+				if c, err = bed.Dial(context.Background(), addr+":7000"); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("cannot reach the pusher: %v", err)
+				}
+			}
+			defer c.Close()
+			var (
+				mu     sync.Mutex
+				next   int
+				maxGap time.Duration
+				bad    error
+			)
+			go func() {
+				sc := bufio.NewScanner(c)
+				last := time.Now()
+				for sc.Scan() {
+					n, err := strconv.Atoi(sc.Text())
+					now := time.Now()
+					mu.Lock()
+					if err != nil || n != next {
+						if bad == nil {
+							bad = fmt.Errorf("line %q where %d was due", sc.Text(), next)
+						}
+					}
+					next = n + 1
+					if next > 1 {
+						maxGap = max(maxGap, now.Sub(last))
+					}
+					last = now
+					mu.Unlock()
+				}
+			}()
+			time.Sleep(300 * time.Millisecond)
+			gap := func(move string) {
+				t.Helper()
+				// Long enough for a lost line's resend after the restored
+				// socket's first timeout (one second) to show as a gap.
+				time.Sleep(1500 * time.Millisecond)
+				mu.Lock()
+				defer mu.Unlock()
+				if bad != nil {
+					t.Fatalf("%s: %v", move, bad)
+				}
+				t.Logf("%s: longest gap between lines %s (%d lines so far)", move, maxGap.Round(time.Millisecond), next)
+				if maxGap > 700*time.Millisecond {
+					t.Errorf("%s: the client waited %s for a line", move, maxGap.Round(time.Millisecond))
+				}
+				maxGap = 0
+			}
+			a.MustCtl(t, "migrate", "push", "--to", "hostb")
+			pb := waitPod(t, b, "push", "running")
+			gap("A→B")
+			t.Logf("the pod's TCP on B sent again %s segments", tcpRetransSegs(pb.Pid))
+			a.MustCtl(t, "return")
+			pa := waitPod(t, a, "push", "running")
+			gap("B→A")
+			t.Logf("the pod's TCP back on A sent again %s segments", tcpRetransSegs(pa.Pid))
+		})
+	}
+}
+
+// tcpRetransSegs reads the TCP segments retransmitted in the network
+// namespace of process pid ("?" when it cannot).
+func tcpRetransSegs(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", pid))
+	if err != nil {
+		return "?"
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RetransSegs" && i < len(f) {
+				return f[i]
+			}
+		}
+	}
+	return "?"
 }

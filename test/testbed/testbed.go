@@ -105,6 +105,17 @@ func CriuPath(t testing.TB) string {
 	return ""
 }
 
+// CriuPatches lists the patches of scripts/criu-patches that the CRIU at
+// path carries: what make deps recorded beside the build it made
+// (PREFIX/autopod-patches); none for any other CRIU.
+func CriuPatches(path string) []string {
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(path)), "autopod-patches"))
+	if err != nil {
+		return nil
+	}
+	return strings.Fields(string(b))
+}
+
 // Build compiles autopod and autopodctl into dir.
 func Build(t testing.TB, dir string) {
 	t.Helper()
