@@ -250,13 +250,7 @@ func roundTripBed(t *testing.T, strategy string) (a, b *testbed.Host, l *load, s
 	bed := testbed.New(t, 2)
 	a, b = bed.Hosts[0], bed.Hosts[1]
 	addr := kvPod(t, bed, a, "kv", 100)
-	for _, h := range bed.Hosts {
-		h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
-	}
-	a.StartAgent(t)
-	b.StartAgent(t)
-	bed.Pair(t)
-	waitPod(t, a, "kv", "running")
+	startPaired(t, bed, strategy, "kv")
 
 	fill := dialRedis(t, bed, addr)
 	if err := fill.FillRandom(105, 1<<20); err != nil {
@@ -269,6 +263,20 @@ func roundTripBed(t *testing.T, strategy string) (a, b *testbed.Host, l *load, s
 	time.Sleep(300 * time.Millisecond)
 	l.pause()
 	return a, b, l, sums
+}
+
+// startPaired starts the agents of a two-host bed with strategy, pairs
+// them and waits for pod to run on the first host.
+func startPaired(t *testing.T, bed *testbed.Bed, strategy, pod string) {
+	t.Helper()
+	for _, h := range bed.Hosts {
+		h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
+	}
+	for _, h := range bed.Hosts {
+		h.StartAgent(t)
+	}
+	bed.Pair(t)
+	waitPod(t, bed.Hosts[0], pod, "running")
 }
 
 // checkMovedToB checks that kv runs on B as A's pod, with its data, and
@@ -954,13 +962,7 @@ args = ["-c", %q]
 [network]
 address = "%s/24"
 `, pusherScript, addr)), 0o644)
-			for _, h := range bed.Hosts {
-				h.Configure(t, fmt.Sprintf("migration_strategy = %q", strategy))
-			}
-			a.StartAgent(t)
-			b.StartAgent(t)
-			bed.Pair(t)
-			waitPod(t, a, "push", "running")
+			startPaired(t, bed, strategy, "push")
 
 			var c net.Conn
 			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
