@@ -114,12 +114,15 @@ PIN
       dir=$(find . -maxdepth 1 -type d -name 'criu-*' | head -1)
       : >"$work/applied"
       for p in "${patches[@]}"; do
-        if patch -d "$dir" -p1 --forward --quiet <"$p" >>"$work/build.log" 2>&1; then
+        # A dry run first: a patch that does not apply whole is not applied at all.
+        if patch -d "$dir" -p1 --forward --quiet --dry-run <"$p" >>"$work/patch.log" 2>&1 &&
+          patch -d "$dir" -p1 --forward --quiet <"$p" >>"$work/patch.log" 2>&1; then
           log "applied $(basename "$p")"
           basename "$p" >>"$work/applied"
         else
           # Each patch is an improvement, not a fix CRIU needs: build without it.
-          log "$(basename "$p") does not apply to criu $ver; building without it"
+          log "$(basename "$p") does not apply to criu $ver; building without it:"
+          tail -5 "$work/patch.log" >&2
         fi
       done
       log "building $dir (a few minutes)"
