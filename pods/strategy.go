@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -204,20 +205,34 @@ func (c criuRunner) startDaemon(ctx context.Context, workDir, logName string, ar
 	cmd.ExtraFiles = []*os.File{w}
 	// It dies with the agent: the relay it talks through is in the agent,
 	// and recovery after a restart decides what becomes of the pod.
+	// Linux sends the parent-death signal when the *thread* that forked
+	// the child ends, and the Go runtime ends a thread whenever a
+	// goroutine exits locked to it (osthread.Doomed, for one): seen as a
+	// lazy-pages daemon killed in the middle of a post-copy migration. So
+	// the child is started, and waited for, on a thread locked for its
+	// whole life, which nothing else can run on, let alone end.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("start criu %s: %w", args[0], err)
-	}
-	w.Close()
 	d := &criuDaemon{cmd: cmd, done: make(chan error, 1), failed: make(chan struct{}), log: filepath.Join(workDir, logName)}
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		err := cmd.Wait()
 		d.done <- err
 		if err != nil {
 			close(d.failed)
 		}
 	}()
+	err = <-started
+	w.Close()
+	if err != nil {
+		return nil, fmt.Errorf("start criu %s: %w", args[0], err)
+	}
 	ready := make(chan error, 1)
 	go func() {
 		b := make([]byte, 1)

@@ -1,10 +1,14 @@
 package pods
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/autopod/autopod/osthread"
 )
 
 func TestProbeStrategies(t *testing.T) {
@@ -102,5 +106,43 @@ func TestParseNeighbours(t *testing.T) {
 	}
 	if _, err := parseNeighbours([]byte("[{")); err == nil {
 		t.Error("bad JSON accepted")
+	}
+}
+
+// TestDaemonOutlivesThreads: a daemon CRIU (one that dies with the agent,
+// by its parent-death signal) is not killed when the Go thread that
+// started it ends, as threads do under goroutines that exit locked to them
+// (osthread.Doomed). It once was, in the middle of post-copy migrations.
+func TestDaemonOutlivesThreads(t *testing.T) {
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "criu")
+	// Says it is ready on its status fd (3), then waits to be killed.
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nprintf x >&3\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Started from a thread that then ends (osthread.Doomed), as any
+	// thread of the agent may when a goroutine exits locked to it.
+	var d *criuDaemon
+	var err error
+	done := make(chan struct{})
+	osthread.Doomed(func() {
+		defer close(done)
+		d, err = criuRunner{path: fake}.startDaemon(ctx, dir, "daemon.log", "lazy-pages")
+	})
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		d.kill()
+		_ = d.wait(context.Background())
+	}()
+	time.Sleep(50 * time.Millisecond) // a signal's delivery
+	select {
+	case <-d.failed:
+		t.Fatalf("the daemon ended when threads of the agent did: %v", d.wait(ctx))
+	default:
 	}
 }
