@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/autopod/autopod/osthread"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,9 +23,10 @@ import (
 // client waiting on its TCP retransmission timer, which has backed off by
 // then (200 ms, 400 ms, 800 ms...): measured, the pause clients saw was
 // the freeze plus up to one more backoff step. So the source holds them
-// instead: a tc filter on the pod's host-side veth drops every frame in
-// both directions (the pod is cut off) by redirecting them into a capture
-// veth pair, where a packet socket keeps those bound for the pod. They
+// instead: a tc filter on the pod's host-side veth redirects the frames
+// bound for the pod into a capture veth pair, where a packet socket keeps
+// them; once the dump has the pod's sockets, a second filter drops what
+// the pod sends (it is cut off; see startCutOff). The held frames
 // travel with the commit, and the destination delivers them to the
 // restored pod right after exposing it: the client's request is answered
 // at once, and its retransmission timer never matters.
@@ -34,23 +36,35 @@ const (
 	// dropped as before and their senders retransmit.
 	holdMaxBytes = 4 << 20
 	// holdMaxFrame is the largest frame kept: an aggregated (GSO) frame
-	// larger than a link's MTU cannot be sent again as one.
-	holdMaxFrame = 9216
+	// of up to 64 KiB (a TCP one is cut to the link's MTU when sent again,
+	// see segmentTCP).
+	holdMaxFrame = 14 + 65535
 )
 
-// trafficHold captures the frames bound for one pod.
+// trafficHold captures the frames bound for one pod, and, for a pod
+// restored here until its exposure, what it sends.
 type trafficHold struct {
-	veth       string // the pod's host-side veth
-	capA, capB string // the capture pair: mirrored to A, read on B
-	file       *os.File
+	veth string // the pod's host-side veth
+	// The capture pair: frames bound for the pod are redirected to capA
+	// and read at capB, frames from it the other way (read at capA when
+	// the hold keeps them, dropped there when not).
+	capA, capB string
+	file       *os.File // reads at capB
+	outFile    *os.File // reads at capA; nil: what the pod sends is dropped
 
 	releaseOnce sync.Once
+	// cutDone is closed when the cut (startCutOff) has run, cutErr its
+	// outcome. Both belong to the migration's goroutine.
+	cutDone chan struct{}
+	cutErr  error
 
-	mu     sync.Mutex
-	frames [][]byte
-	bytes  int
-	closed bool
-	done   chan struct{}
+	mu      sync.Mutex
+	frames  [][]byte // bound for the pod
+	sent    [][]byte // IPv4 TCP frames the pod sent (outFile)
+	bytes   int
+	closed  bool
+	done    chan struct{}
+	outDone chan struct{}
 }
 
 // capturePair names the capture veth pair of a pod's host veth.
@@ -61,10 +75,12 @@ func capturePair(veth string) (string, string) {
 }
 
 // prepareHold sets up, while the pod still runs, what holding its traffic
-// needs: the capture pair, the packet socket reading it, and a clsact
-// qdisc on the pod's veth. Nothing changes for the pod until hold.
-func prepareHold(ctx context.Context, veth string) (*trafficHold, error) {
-	h := &trafficHold{veth: veth, done: make(chan struct{})}
+// needs: the capture pair, the packet sockets reading it, and a clsact
+// qdisc on the pod's veth. keepSent: keep the IPv4 TCP frames the pod
+// sends while cut off, rather than drop them. Nothing changes for the pod
+// until hold.
+func prepareHold(ctx context.Context, veth string, keepSent bool) (*trafficHold, error) {
+	h := &trafficHold{veth: veth, done: make(chan struct{}), outDone: make(chan struct{})}
 	h.capA, h.capB = capturePair(veth)
 	_, _ = run(ctx, "ip", "link", "del", h.capA) // a leftover of a crash
 	if _, err := run(ctx, "ip", "link", "add", h.capA, "type", "veth", "peer", "name", h.capB); err != nil {
@@ -84,7 +100,36 @@ func prepareHold(ctx context.Context, veth string) (*trafficHold, error) {
 			return nil, fmt.Errorf("hold traffic: %w", err)
 		}
 	}
-	ifi, err := net.InterfaceByName(h.capB)
+	var err error
+	if h.file, err = captureSocket(h.capB); err != nil {
+		return nil, err
+	}
+	if keepSent {
+		if h.outFile, err = captureSocket(h.capA); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := run(ctx, "tc", "qdisc", "replace", "dev", veth, "clsact"); err != nil {
+		return nil, fmt.Errorf("hold traffic: %w", err)
+	}
+	go h.capture(h.file, h.done, func(f []byte) { h.frames = append(h.frames, f) })
+	if h.outFile != nil {
+		go h.capture(h.outFile, h.outDone, func(f []byte) {
+			if isIPv4TCP(f) {
+				h.sent = append(h.sent, f)
+			}
+		})
+	} else {
+		close(h.outDone)
+	}
+	ok = true
+	return h, nil
+}
+
+// captureSocket opens a packet socket reading every frame that arrives at
+// dev.
+func captureSocket(dev string) (*os.File, error) {
+	ifi, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, fmt.Errorf("hold traffic: %w", err)
 	}
@@ -94,47 +139,85 @@ func prepareHold(ctx context.Context, veth string) (*trafficHold, error) {
 	}
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("hold traffic: bind packet socket to %s: %w", h.capB, err)
+		return nil, fmt.Errorf("hold traffic: bind packet socket to %s: %w", dev, err)
 	}
-	h.file = os.NewFile(uintptr(fd), "packet:"+h.capB)
-	if _, err := run(ctx, "tc", "qdisc", "replace", "dev", veth, "clsact"); err != nil {
-		return nil, fmt.Errorf("hold traffic: %w", err)
-	}
-	go h.capture()
-	ok = true
-	return h, nil
+	return os.NewFile(uintptr(fd), "packet:"+dev), nil
 }
 
-// hold cuts the pod off: frames bound for it are redirected into the
-// capture pair (to be read at its far end), frames from it into the pair's
-// other direction, where nothing reads them and the kernel drops them
-// (the pair has no addresses). One tc run, in the freeze. u32 and mirred
-// are what kernels without the matchall classifier or the drop action
-// (gact) offer.
+// isIPv4TCP says whether an Ethernet frame carries IPv4 TCP.
+func isIPv4TCP(f []byte) bool {
+	return len(f) >= 14+20 && binary.BigEndian.Uint16(f[12:14]) == unix.ETH_P_IP &&
+		f[14]>>4 == 4 && f[14+9] == unix.IPPROTO_TCP
+}
+
+// hold stops the frames bound for the pod: they are redirected into the
+// capture pair and read at its far end. One tc run, at the start of the
+// freeze. What the pod sends still leaves (see cutOff). u32 and mirred are
+// what kernels without the matchall classifier or the drop action (gact)
+// offer.
 func (h *trafficHold) hold(ctx context.Context) error {
-	batch := fmt.Sprintf(`filter add dev %[1]s egress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s
-filter add dev %[1]s ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[3]s
-`, h.veth, h.capA, h.capB)
+	batch := fmt.Sprintf("filter add dev %[1]s egress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s\n",
+		h.veth, h.capA)
 	if _, err := runInput(ctx, batch, "tc", "-batch", "-"); err != nil {
 		return fmt.Errorf("hold traffic: %w", err)
 	}
 	return nil
 }
 
-// capture reads mirrored frames until the hold is released.
-func (h *trafficHold) capture() {
-	defer close(h.done)
-	rc, err := h.file.SyscallConn()
+// startCutOff cuts the pod off in the other direction too, once its dump
+// has recorded its sockets: frames from it are redirected into the
+// capture pair's other end, where nothing reads them and the kernel drops
+// them (the pair has no addresses). Until then the segments the pod sent
+// in the last milliseconds before its freeze, and any its kernel sends
+// during the dump, reach their clients: dropped, they would be lost
+// segments the restored socket sends again only on its first
+// retransmission timeout, a second later (it has no RTT estimate). They
+// carry nothing the dump does not have, so the client sees at most a
+// duplicate; its acknowledgements are held for the restored copy. The cut
+// runs in the background; cutOff waits for it, and must return before the
+// copy here dies (its FINs and resets must not escape) or the peer's is
+// exposed.
+func (h *trafficHold) startCutOff(ctx context.Context) {
+	if h == nil || h.cutDone != nil {
+		return
+	}
+	h.cutDone = make(chan struct{})
+	go func() {
+		defer close(h.cutDone)
+		batch := fmt.Sprintf("filter add dev %[1]s ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s\n",
+			h.veth, h.capB)
+		if _, err := runInput(ctx, batch, "tc", "-batch", "-"); err != nil {
+			h.cutErr = fmt.Errorf("cut the pod off: %w", err)
+		}
+	}()
+}
+
+// cutOff waits for the cut startCutOff began, starting it if need be.
+func (h *trafficHold) cutOff(ctx context.Context) error {
+	if h == nil {
+		return nil
+	}
+	h.startCutOff(ctx)
+	<-h.cutDone
+	return h.cutErr
+}
+
+// capture reads the frames that arrive at one end of the capture pair
+// until the hold is released, and passes each to keep (under h.mu).
+func (h *trafficHold) capture(file *os.File, done chan struct{}, keep func([]byte)) {
+	defer close(done)
+	rc, err := file.SyscallConn()
 	if err != nil {
 		return
 	}
-	buf := make([]byte, 65536)
+	// Room for an aggregated (GSO) frame; MSG_TRUNC tells a larger one.
+	buf := make([]byte, holdMaxFrame+1)
 	for {
 		var n int
 		var from unix.Sockaddr
 		var rerr error
 		err := rc.Read(func(fd uintptr) bool {
-			n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
+			n, from, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_TRUNC)
 			return rerr != unix.EAGAIN
 		})
 		if err != nil {
@@ -151,25 +234,25 @@ func (h *trafficHold) capture() {
 		}
 		h.mu.Lock()
 		if !h.closed && h.bytes+n <= holdMaxBytes {
-			h.frames = append(h.frames, append([]byte(nil), buf[:n]...))
+			keep(append([]byte(nil), buf[:n]...))
 			h.bytes += n
 		}
 		h.mu.Unlock()
 	}
 }
 
-// take stops keeping frames and returns those held so far. The pod stays
-// cut off.
-func (h *trafficHold) take() [][]byte {
+// take stops keeping frames and returns those held so far: bound for the
+// pod, and the TCP frames it sent (keepSent). The pod stays cut off.
+func (h *trafficHold) take() (in, sent [][]byte) {
 	if h == nil {
-		return nil
+		return nil, nil
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
-	f := h.frames
-	h.frames = nil
-	return f
+	in, sent = h.frames, h.sent
+	h.frames, h.sent = nil, nil
+	return in, sent
 }
 
 // release removes the hold: the filters (the pod's port passes traffic
@@ -177,23 +260,39 @@ func (h *trafficHold) take() [][]byte {
 func (h *trafficHold) release() {
 	h.releaseOnce.Do(func() {
 		ctx := context.Background()
+		if h.cutDone != nil {
+			<-h.cutDone
+		}
 		_, _ = run(ctx, "tc", "qdisc", "del", "dev", h.veth, "clsact")
 		if h.file != nil {
 			h.file.Close()
 			<-h.done
 		}
+		if h.outFile != nil {
+			h.outFile.Close()
+			<-h.outDone
+		}
 		_, _ = run(ctx, "ip", "link", "del", h.capA)
 	})
 }
 
-// deliverFrames sends held frames to the pod behind the host-side veth,
-// as if they had just arrived. Checksums are recomputed: frames mirrored
-// inside one host may carry partial (offloaded) ones.
-func deliverFrames(veth string, frames [][]byte) (int, error) {
+// heldFor returns the frames a source's hold kept for the pod.
+func heldFor(h *trafficHold) [][]byte {
+	in, _ := h.take()
+	return in
+}
+
+// deliverFrames sends frames on the link called dev (in the calling
+// thread's network namespace): on a pod's host-side veth, they reach the
+// pod as if they had just arrived; on its eth0, they leave as if it had
+// sent them. Checksums are recomputed (frames mirrored inside one host may
+// carry partial, offloaded, ones), and TCP frames aggregated beyond the
+// link's MTU are cut to it.
+func deliverFrames(dev string, frames [][]byte) (int, error) {
 	if len(frames) == 0 {
 		return 0, nil
 	}
-	ifi, err := net.InterfaceByName(veth)
+	ifi, err := net.InterfaceByName(dev)
 	if err != nil {
 		return 0, err
 	}
@@ -207,19 +306,78 @@ func deliverFrames(veth string, frames [][]byte) (int, error) {
 	sent := 0
 	var errs []error
 	for _, f := range frames {
-		if len(f) < 14 || len(f) > ifi.MTU+14 {
+		if len(f) < 14 {
 			continue
 		}
-		fixChecksums(f)
-		to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
-		copy(to.Addr[:], f[:6])
-		if err := unix.Sendto(fd, f, 0, to); err != nil {
-			errs = append(errs, err)
-			continue
+		for _, seg := range segmentTCP(f, ifi.MTU) {
+			fixChecksums(seg)
+			to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+			copy(to.Addr[:], seg[:6])
+			if err := unix.Sendto(fd, seg, 0, to); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 		}
 		sent++
 	}
 	return sent, errors.Join(errs...)
+}
+
+// segmentTCP returns frame f as frames of at most mtu bytes past their
+// Ethernet header: f itself if it fits, an IPv4 TCP frame (an aggregated,
+// GSO, one) cut into segments as the kernel would have, nothing for any
+// other frame too large. Checksums are left to fixChecksums.
+func segmentTCP(f []byte, mtu int) [][]byte {
+	if len(f)-14 <= mtu {
+		return [][]byte{f}
+	}
+	if !isIPv4TCP(f) {
+		return nil
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:4]))
+	if total == 0 || total > len(ip) {
+		total = len(ip) // a GSO frame's IPv4 length may be left 0
+	}
+	if ihl < 20 || len(ip) < ihl+20 {
+		return nil
+	}
+	thl := int(ip[ihl+12]>>4) * 4
+	if thl < 20 || total < ihl+thl {
+		return nil
+	}
+	hdr := 14 + ihl + thl
+	mss := mtu - ihl - thl
+	if mss <= 0 {
+		return nil
+	}
+	payload := f[hdr : 14+total]
+	seq := binary.BigEndian.Uint32(ip[ihl+4:])
+	id := binary.BigEndian.Uint16(ip[4:6])
+	flags := ip[ihl+13]
+	const fin, psh, cwr = 0x01, 0x08, 0x80
+	var out [][]byte
+	for off, i := 0, 0; off < len(payload); off, i = off+mss, i+1 {
+		end := min(off+mss, len(payload))
+		seg := make([]byte, hdr+end-off)
+		copy(seg, f[:hdr])
+		copy(seg[hdr:], payload[off:end])
+		sip := seg[14:]
+		binary.BigEndian.PutUint16(sip[2:4], uint16(ihl+thl+end-off))
+		binary.BigEndian.PutUint16(sip[4:6], id+uint16(i))
+		binary.BigEndian.PutUint32(sip[ihl+4:], seq+uint32(off))
+		fl := flags
+		if end < len(payload) {
+			fl &^= fin | psh
+		}
+		if off > 0 {
+			fl &^= cwr
+		}
+		sip[ihl+13] = fl
+		out = append(out, seg)
+	}
+	return out
 }
 
 // fixChecksums recomputes the TCP or UDP checksum of an IPv4 frame in
@@ -288,9 +446,21 @@ func fold(acc uint32) uint16 {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// deliverHeld hands the frames the source held to the restored pod.
-func (m *Manager) deliverHeld(s Spec, frames [][]byte) {
-	if len(frames) == 0 || !s.Network.Address.IsValid() {
+// deliverHeld puts on the LAN the TCP frames the restored pod sent while
+// it was held here (sent), then hands the frames the source held for it
+// to it.
+func (m *Manager) deliverHeld(s Spec, pid int, frames, sent [][]byte) {
+	if !s.Network.Address.IsValid() {
+		return
+	}
+	if len(sent) > 0 {
+		n, err := sendFromPod(pid, sent)
+		if err != nil {
+			m.cfg.Log.Warn("send on the frames the pod sent while held", "pod", s.Name, "err", err)
+		}
+		m.cfg.Log.Debug("sent on frames the pod sent while held", "pod", s.Name, "frames", n, "of", len(sent))
+	}
+	if len(frames) == 0 {
 		return
 	}
 	n, err := deliverFrames(hostVeth(s.Name), frames)
@@ -298,6 +468,117 @@ func (m *Manager) deliverHeld(s Spec, frames [][]byte) {
 		m.cfg.Log.Warn("deliver held frames", "pod", s.Name, "err", err)
 	}
 	m.cfg.Log.Debug("delivered frames held during the freeze", "pod", s.Name, "frames", n, "of", len(frames))
+}
+
+// sendFromPod transmits frames on the eth0 of the network namespace of
+// process pid, as if the pod sent them: they go where they were going,
+// and on their way the bridges learn where the pod is now.
+func sendFromPod(pid int, frames [][]byte) (int, error) {
+	type result struct {
+		n   int
+		err error
+	}
+	ch := make(chan result, 1)
+	osthread.Doomed(func() {
+		ns, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: fmt.Errorf("enter the pod's network namespace: %w", err)}
+			return
+		}
+		n, err := deliverFrames("eth0", frames)
+		ch <- result{n, err}
+	})
+	r := <-ch
+	return r.n, r.err
+}
+
+// The destination restores a pod into the namespace it built, with the
+// host end of its veth in the bridge but cut off by the same kind of hold
+// (holdIncoming) until the exposure. When CRIU restores a TCP socket, it
+// writes the data the pod had queued but not yet sent (its congestion
+// window was full: the source held the client's acknowledgements) as new
+// data, and the kernel sends it at once, before the exposure. Dropped,
+// those segments would wait for the restored socket's first one-second
+// retransmission timeout (it has no RTT estimate): seen as a client's
+// 1.1 s pause in half the stop-and-copy moves of a pod that writes all
+// the time. The hold keeps them, and the exposure sends them on.
+
+// holdIncoming cuts the incoming pod s off with a traffic hold that keeps
+// what it sends, and brings its host veth up behind it.
+func (m *Manager) holdIncoming(ctx context.Context, s Spec) error {
+	veth := hostVeth(s.Name)
+	h, err := prepareHold(ctx, veth, true)
+	if err != nil {
+		return err
+	}
+	if err := errors.Join(h.hold(ctx), h.cutOff(ctx)); err != nil {
+		h.release()
+		return err
+	}
+	if err := linkUp(veth); err != nil {
+		h.release()
+		return err
+	}
+	m.mu.Lock()
+	if m.inHolds == nil {
+		m.inHolds = map[string]*trafficHold{}
+	}
+	m.inHolds[s.Name] = h
+	m.mu.Unlock()
+	return nil
+}
+
+// unholdIncoming ends the hold on the incoming pod called name, if there
+// is one (also one left by an agent that stopped), and returns the TCP
+// frames the pod sent while held; held says whether this agent held it
+// (its host veth is then up and forwarding).
+func (m *Manager) unholdIncoming(ctx context.Context, name string) (sent [][]byte, held bool) {
+	m.mu.Lock()
+	h := m.inHolds[name]
+	delete(m.inHolds, name)
+	m.mu.Unlock()
+	veth := hostVeth(name)
+	if h != nil {
+		// The pod passes traffic again once its filters are gone; closing
+		// the capture sockets waits for RCU grace periods, and need not
+		// delay the exposure.
+		_, _ = run(ctx, "tc", "qdisc", "del", "dev", veth, "clsact")
+		_, sent = h.take()
+		go h.release()
+		return sent, true
+	}
+	if capA, _ := capturePair(veth); linkExists(capA) {
+		_, _ = run(ctx, "tc", "qdisc", "del", "dev", veth, "clsact")
+		_, _ = run(ctx, "ip", "link", "del", capA)
+	}
+	return nil, false
+}
+
+// dropHolds removes the capture pair of the pod called name, and forgets
+// an incoming hold on it, once its veth is gone.
+func (m *Manager) dropHolds(name string) {
+	m.mu.Lock()
+	h := m.inHolds[name]
+	delete(m.inHolds, name)
+	m.mu.Unlock()
+	if h != nil {
+		h.release()
+	}
+	if capA, _ := capturePair(hostVeth(name)); linkExists(capA) {
+		_, _ = run(context.Background(), "ip", "link", "del", capA)
+	}
+}
+
+// linkExists says whether this network namespace has a link called name
+// (netlink: /sys/class/net may show another namespace's).
+func linkExists(name string) bool {
+	_, err := net.InterfaceByName(name)
+	return err == nil
 }
 
 // clearOutgoing removes what an outgoing migration interrupted by a crash

@@ -69,3 +69,63 @@ func TestFixChecksums(t *testing.T) {
 	short := frame(6, tcp)[:30]
 	fixChecksums(short)
 }
+
+// TestSegmentTCP: an aggregated (GSO) TCP frame caught by a hold is cut
+// into segments the link can carry, each with its own sequence number,
+// length and checksums, the stream's bytes in order, FIN and PSH on the
+// last only.
+func TestSegmentTCP(t *testing.T) {
+	const mtu = 1500
+	payload := make([]byte, 3000)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	tcp := make([]byte, 32+len(payload)) // a header with timestamps
+	binary.BigEndian.PutUint16(tcp[0:2], 7000)
+	binary.BigEndian.PutUint16(tcp[2:4], 45016)
+	binary.BigEndian.PutUint32(tcp[4:8], 0xfffff000) // wraps
+	tcp[12] = 8 << 4
+	tcp[13] = 0x18 | 0x01 // PSH ACK FIN
+	copy(tcp[20:32], []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2})
+	copy(tcp[32:], payload)
+	f := frame(6, tcp)
+	binary.BigEndian.PutUint16(f[14+4:], 0x1234) // IPv4 id
+
+	segs := segmentTCP(f, mtu)
+	if len(segs) != 3 { // 1448 + 1448 + 104
+		t.Fatalf("%d segments, want 3", len(segs))
+	}
+	var got []byte
+	for i, s := range segs {
+		fixChecksums(s)
+		valid(t, s)
+		if len(s)-14 > mtu {
+			t.Errorf("segment %d: %d bytes past Ethernet, MTU %d", i, len(s)-14, mtu)
+		}
+		ip := s[14:]
+		if id := binary.BigEndian.Uint16(ip[4:]); id != 0x1234+uint16(i) {
+			t.Errorf("segment %d: IPv4 id %#x", i, id)
+		}
+		th := ip[20:]
+		if seq := binary.BigEndian.Uint32(th[4:]); seq != 0xfffff000+uint32(len(got)) {
+			t.Errorf("segment %d: seq %#x, want %#x", i, seq, 0xfffff000+uint32(len(got)))
+		}
+		last := i == len(segs)-1
+		if fin, psh := th[13]&0x01 != 0, th[13]&0x08 != 0; fin != last || psh != last || th[13]&0x10 == 0 {
+			t.Errorf("segment %d: flags %#x", i, th[13])
+		}
+		got = append(got, th[32:]...)
+	}
+	if string(got) != string(payload) {
+		t.Error("the segments do not carry the payload in order")
+	}
+
+	// What fits goes as it is; what is too large and not TCP is dropped.
+	small := frame(6, tcp[:32+100])
+	if s := segmentTCP(small, mtu); len(s) != 1 || &s[0][0] != &small[0] {
+		t.Error("a frame that fits was changed")
+	}
+	if s := segmentTCP(frame(17, make([]byte, 2000)), mtu); len(s) != 0 {
+		t.Error("an oversized UDP frame was kept")
+	}
+}

@@ -137,6 +137,8 @@ type Manager struct {
 	received map[string]bool
 	// pageServers are the page servers of post-copy migrations out.
 	pageServers map[string]pageServer
+	// inHolds cut incoming pods off until their exposure (holdIncoming).
+	inHolds map[string]*trafficHold
 	// precopy holds the stop rules of pre-copy migrations out.
 	precopy precopyPolicy
 
@@ -768,9 +770,13 @@ func (m *Manager) cleanup(ctx context.Context, name string) {
 	// Killed tasks of a frozen cgroup die only once it thaws; they run
 	// no code of their own before that.
 	_ = m.cg.freeze(name, false)
+	// The veth goes first, and its filters with it: until then, a hold
+	// cuts off what the dying copy sends (FINs, resets, sent again on
+	// their timers).
 	if err := removeVeth(ctx, name); err != nil {
 		m.cfg.Log.Warn("remove veth", "pod", name, "err", err)
 	}
+	m.dropHolds(name)
 	// Left by an incoming migration that did not finish (see tmpfs.go).
 	if err := unmountTmpfsDirs(filepath.Join(m.podDir(name), "tmpfs")); err != nil {
 		m.cfg.Log.Warn("detach the tmpfs of an incoming pod", "pod", name, "err", err)

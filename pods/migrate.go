@@ -592,7 +592,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	// Ready to hold the pod's traffic during the freeze, rather than drop
 	// it (see hold.go); without it, the pod's port is disabled instead.
 	if hasNet {
-		if held, err = prepareHold(ctx, hostVeth(s.Name)); err != nil {
+		if held, err = prepareHold(ctx, hostVeth(s.Name), false); err != nil {
 			m.cfg.Log.Warn("cannot hold the pod's traffic while it is frozen; it will be dropped", "pod", s.Name, "err", err)
 			held = nil
 		} else {
@@ -678,7 +678,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	if err := m.cg.freeze(s.Name, true); err != nil {
 		return rollback(err)
 	}
-	// The pod is cut off: held, its port disabled, or without a network.
+	// The pod is cut off: what arrives for it held (what it sends is cut
+	// once the dump has its sockets), its port disabled, or without a
+	// network.
 	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
 		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash), ExtNetns: acc.ExtNetns,
 		CutOff: true}
@@ -708,6 +710,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		}(sess)
 		select {
 		case <-written:
+			held.startCutOff(ctx)
 		case err := <-dumpDone:
 			lazyRunning = false
 			if err == nil {
@@ -732,6 +735,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		if err := sess.Dump(ctx, req); err != nil {
 			return rollback(err)
 		}
+		held.startCutOff(ctx)
 		if relayDone != nil {
 			select {
 			case err := <-relayDone:
@@ -816,7 +820,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 			}()
 			return res, fmt.Errorf("migrate %s to %s: post-copy interrupted (%w); the pod stays frozen here until %s says whether its copy got all the memory", s.Name, peer, cause, peer)
 		}
-		if err := conn.Send("commit", commitMsg{Frames: held.take()}); err != nil {
+		if err := held.cutOff(ctx); err != nil {
+			return rollback(err)
+		}
+		if err := conn.Send("commit", commitMsg{Frames: heldFor(held)}); err != nil {
 			return unknown(err)
 		}
 		if err := conn.Expect("exposed", nil); err != nil {
@@ -852,6 +859,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	// 7. Commit: decide durably, destroy the source copy, let the peer
 	// expose its copy. From here on the pod lives on the peer.
 	report(PhaseCommit)
+	if err := held.cutOff(ctx); err != nil {
+		return rollback(err)
+	}
 	m.mu.Lock()
 	p.st.Migration.Phase = "commit"
 	p.stopping = true
@@ -870,7 +880,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	}
 	m.killFrozen(s.Name, pid, ch)
 	if !lazy {
-		if err := conn.Send("commit", commitMsg{Frames: held.take()}); err == nil {
+		if err := conn.Send("commit", commitMsg{Frames: heldFor(held)}); err == nil {
 			err = conn.Expect("committed", nil)
 			if err != nil {
 				// The peer asks for the decision when it cannot get this far.
@@ -1100,6 +1110,13 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		if netns, err = m.prepareNetns(ctx, s, offer.Neighbours); err != nil {
 			return fail(fmt.Errorf("build the pod's network namespace: %w", err))
 		}
+		if s.Network.Address.IsValid() {
+			if err := m.holdIncoming(ctx, s); err != nil {
+				// The host end then stays down until the exposure, and
+				// what the pod sends before it is lost.
+				m.cfg.Log.Warn("hold the incoming pod's traffic", "pod", s.Name, "err", err)
+			}
+		}
 		defer func() {
 			if netns != nil {
 				netns.Close()
@@ -1263,10 +1280,11 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		return fmt.Errorf("receive %s from %s: no commit (%v); asking the source for its decision", s.Name, peer, err)
 	}
 	report(PhaseCommit)
-	if err := m.expose(ctx, p); err != nil {
+	sent, err := m.expose(ctx, p)
+	if err != nil {
 		m.cfg.Log.Error("expose migrated pod", "pod", s.Name, "err", err)
 	}
-	m.deliverHeld(s, cm.Frames)
+	m.deliverHeld(s, pid, cm.Frames, sent)
 	if conn.Send("committed", nil) == nil {
 		awaitRelease(conn)
 	}
@@ -1281,8 +1299,10 @@ func awaitRelease(conn MigrationConn) {
 	_ = conn.Expect("released", nil)
 }
 
-// exposePort attaches a restored pod to its bridge and announces its address.
-func exposePort(ctx context.Context, s Spec, pid int) error {
+// exposePort attaches a restored pod to its bridge and announces its
+// address. held: its host veth is up and forwarding already, and its hold
+// is gone (unholdIncoming).
+func exposePort(ctx context.Context, s Spec, pid int, held bool) error {
 	if !s.Network.Address.IsValid() {
 		return nil
 	}
@@ -1311,6 +1331,10 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 		go announce(context.Background(), pid, s)
 		return nil
 	}
+	if held {
+		go announce(context.Background(), pid, s)
+		return nil
+	}
 	if err := setPortForwarding(ctx, veth, true); err != nil {
 		host, _ := run(ctx, "ip", "-br", "link", "show", "dev", veth)
 		pod, _ := inNetns(ctx, pid, "ip", "-br", "link", "show", "dev", "eth0")
@@ -1323,12 +1347,14 @@ func exposePort(ctx context.Context, s Spec, pid int) error {
 }
 
 // expose attaches a restored pod to its bridge, announces its address and
-// records that the pod runs here.
-func (m *Manager) expose(ctx context.Context, p *pod) error {
+// records that the pod runs here. It returns the TCP frames the pod sent
+// while it was held (holdIncoming), for the caller to send on.
+func (m *Manager) expose(ctx context.Context, p *pod) ([][]byte, error) {
 	m.mu.Lock()
 	s, pid, home := p.spec, p.st.Pid, p.st.Home
 	m.mu.Unlock()
-	err := exposePort(ctx, s, pid)
+	sent, held := m.unholdIncoming(ctx, s.Name)
+	err := exposePort(ctx, s, pid, held)
 	m.mu.Lock()
 	p.st.Migration = nil
 	if home == "" {
@@ -1337,7 +1363,7 @@ func (m *Manager) expose(ctx context.Context, p *pod) error {
 	m.setState(p, StateRunning, "")
 	m.mu.Unlock()
 	m.cfg.Log.Info("pod restored from peer", "pod", s.Name, "pid", pid, "home", home)
-	return err
+	return sent, err
 }
 
 // announce makes the switches and neighbours learn the pod's new place
@@ -1400,7 +1426,11 @@ func (m *Manager) askPeer(ctx context.Context, peer, request string, req any, an
 
 func (m *Manager) applyDecision(p *pod, decision string) {
 	if decision == "commit" {
-		m.expose(context.Background(), p)
+		sent, _ := m.expose(context.Background(), p)
+		m.mu.Lock()
+		s, pid := p.spec, p.st.Pid
+		m.mu.Unlock()
+		m.deliverHeld(s, pid, nil, sent)
 		return
 	}
 	m.mu.Lock()

@@ -58,10 +58,11 @@ func (m *Manager) postCopyIn(ctx context.Context, conn MigrationConn, p *pod, tx
 		return fail(fmt.Errorf("post-copy: %w", daemon.wait(ctx)))
 	default:
 	}
-	if err := exposePort(ctx, s, pid); err != nil {
+	sent, held := m.unholdIncoming(ctx, s.Name)
+	if err := exposePort(ctx, s, pid, held); err != nil {
 		return fail(err)
 	}
-	m.deliverHeld(s, cm.Frames)
+	m.deliverHeld(s, pid, cm.Frames, sent)
 	if err := conn.Send("exposed", nil); err != nil {
 		return fail(err)
 	}
