@@ -213,8 +213,8 @@ type criuRequest struct {
 	// bits, so that the next one in a pre-copy series dumps only the
 	// pages written since.
 	TrackMem bool
-	// CutOff says that nothing reaches the pod from before this dump until
-	// it is thawed or killed, and that what it sends is cut before either
+	// CutOff says that the caller has cut the pod off the network before
+	// this dump and keeps it cut off until the pod is thawed or killed
 	// (a migration's traffic hold, or its disabled bridge port). CRIU's
 	// own network lock would then guard nothing and only cost time: it
 	// deletes its nftables table in the pod's namespace after a dump that

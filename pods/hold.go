@@ -23,10 +23,9 @@ import (
 // client waiting on its TCP retransmission timer, which has backed off by
 // then (200 ms, 400 ms, 800 ms...): measured, the pause clients saw was
 // the freeze plus up to one more backoff step. So the source holds them
-// instead: a tc filter on the pod's host-side veth redirects the frames
-// bound for the pod into a capture veth pair, where a packet socket keeps
-// them; once the dump has the pod's sockets, a second filter drops what
-// the pod sends (it is cut off; see startCutOff). The held frames
+// instead: tc filters on the pod's host-side veth cut it off, and redirect
+// the frames bound for it into a capture veth pair, where a packet socket
+// keeps them. The held frames
 // travel with the commit, and the destination delivers them to the
 // restored pod right after exposing it: the client's request is answered
 // at once, and its retransmission timer never matters.
@@ -53,10 +52,6 @@ type trafficHold struct {
 	outFile    *os.File // reads at capA; nil: what the pod sends is dropped
 
 	releaseOnce sync.Once
-	// cutDone is closed when the cut (startCutOff) has run, cutErr its
-	// outcome. Both belong to the migration's goroutine.
-	cutDone chan struct{}
-	cutErr  error
 
 	mu      sync.Mutex
 	frames  [][]byte // bound for the pod
@@ -150,56 +145,19 @@ func isIPv4TCP(f []byte) bool {
 		f[14]>>4 == 4 && f[14+9] == unix.IPPROTO_TCP
 }
 
-// hold stops the frames bound for the pod: they are redirected into the
-// capture pair and read at its far end. One tc run, at the start of the
-// freeze. What the pod sends still leaves (see cutOff). u32 and mirred are
-// what kernels without the matchall classifier or the drop action (gact)
-// offer.
+// hold cuts the pod off: frames bound for it are redirected into the
+// capture pair and read at its far end, frames from it the other way
+// (read there when the hold keeps them, dropped by the kernel when not:
+// the pair has no addresses). One tc run. u32 and mirred are what kernels
+// without the matchall classifier or the drop action (gact) offer.
 func (h *trafficHold) hold(ctx context.Context) error {
-	batch := fmt.Sprintf("filter add dev %[1]s egress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s\n",
-		h.veth, h.capA)
+	batch := fmt.Sprintf(`filter add dev %[1]s egress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s
+filter add dev %[1]s ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[3]s
+`, h.veth, h.capA, h.capB)
 	if _, err := runInput(ctx, batch, "tc", "-batch", "-"); err != nil {
 		return fmt.Errorf("hold traffic: %w", err)
 	}
 	return nil
-}
-
-// startCutOff cuts the pod off in the other direction too, once its dump
-// has recorded its sockets: frames from it are redirected into the
-// capture pair's other end, where nothing reads them and the kernel drops
-// them (the pair has no addresses). Until then the segments the pod sent
-// in the last milliseconds before its freeze, and any its kernel sends
-// during the dump, reach their clients: dropped, they would be lost
-// segments the restored socket sends again only on its first
-// retransmission timeout, a second later (it has no RTT estimate). They
-// carry nothing the dump does not have, so the client sees at most a
-// duplicate; its acknowledgements are held for the restored copy. The cut
-// runs in the background; cutOff waits for it, and must return before the
-// copy here dies (its FINs and resets must not escape) or the peer's is
-// exposed.
-func (h *trafficHold) startCutOff(ctx context.Context) {
-	if h == nil || h.cutDone != nil {
-		return
-	}
-	h.cutDone = make(chan struct{})
-	go func() {
-		defer close(h.cutDone)
-		batch := fmt.Sprintf("filter add dev %[1]s ingress pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev %[2]s\n",
-			h.veth, h.capB)
-		if _, err := runInput(ctx, batch, "tc", "-batch", "-"); err != nil {
-			h.cutErr = fmt.Errorf("cut the pod off: %w", err)
-		}
-	}()
-}
-
-// cutOff waits for the cut startCutOff began, starting it if need be.
-func (h *trafficHold) cutOff(ctx context.Context) error {
-	if h == nil {
-		return nil
-	}
-	h.startCutOff(ctx)
-	<-h.cutDone
-	return h.cutErr
 }
 
 // capture reads the frames that arrive at one end of the capture pair
@@ -260,9 +218,6 @@ func (h *trafficHold) take() (in, sent [][]byte) {
 func (h *trafficHold) release() {
 	h.releaseOnce.Do(func() {
 		ctx := context.Background()
-		if h.cutDone != nil {
-			<-h.cutDone
-		}
 		_, _ = run(ctx, "tc", "qdisc", "del", "dev", h.veth, "clsact")
 		if h.file != nil {
 			h.file.Close()
@@ -516,7 +471,7 @@ func (m *Manager) holdIncoming(ctx context.Context, s Spec) error {
 	if err != nil {
 		return err
 	}
-	if err := errors.Join(h.hold(ctx), h.cutOff(ctx)); err != nil {
+	if err := h.hold(ctx); err != nil {
 		h.release()
 		return err
 	}

@@ -656,11 +656,27 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		}
 	}
 
-	// 3. Freeze: cut the pod off the network, freeze it, dump it; it stays
+	// 3. Freeze: freeze the pod, cut it off the network, dump it; it stays
 	// frozen here until the peer has it or the migration is undone.
 	report(PhaseFreeze)
 	freezeAt = time.Now()
 	frozen = true
+	// Frozen through its cgroup, the pod stays frozen after a dump that
+	// leaves it "running": CRIU then hands its TCP sockets back to the
+	// kernel intact, so that a rollback simply thaws it. It is frozen
+	// before it is cut off: what it sent until then is out (cut off first,
+	// the segments it wrote in that moment were lost, and the restored
+	// socket, which has no RTT estimate yet, sent them again only at its
+	// first one-second timeout), and what reaches it until the cut waits
+	// in its sockets' queues, which the dump keeps. Nothing its kernel
+	// sends after the cut is missed: the dump has it, or it is a probe.
+	// (Left open until after the dump, the cut let through segments
+	// stamped later than the dump's TCP timestamp, and the client then
+	// discarded the restored socket's as old, PAWS, for as long as the
+	// dump took.)
+	if err := m.cg.freeze(s.Name, true); err != nil {
+		return rollback(err)
+	}
 	if held != nil {
 		if err := held.hold(ctx); err != nil {
 			return rollback(err)
@@ -672,15 +688,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	}
 	imgDir := filepath.Join(work, "images")
 	os.Mkdir(imgDir, 0o700)
-	// Frozen through its cgroup, the pod stays frozen after a dump that
-	// leaves it "running": CRIU then hands its TCP sockets back to the
-	// kernel intact, so that a rollback simply thaws it.
-	if err := m.cg.freeze(s.Name, true); err != nil {
-		return rollback(err)
-	}
-	// The pod is cut off: what arrives for it held (what it sends is cut
-	// once the dump has its sockets), its port disabled, or without a
-	// network.
+	// The pod is cut off: held, its port disabled, or without a network.
 	req := criuRequest{ImagesDir: imgDir, WorkDir: workDir, LogName: "migrate-dump.log", Pid: pid,
 		LeaveRunning: true, FreezeCgroup: fdir, ExtMounts: m.extMounts(s, initHash), ExtNetns: acc.ExtNetns,
 		CutOff: true}
@@ -710,7 +718,6 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		}(sess)
 		select {
 		case <-written:
-			held.startCutOff(ctx)
 		case err := <-dumpDone:
 			lazyRunning = false
 			if err == nil {
@@ -735,7 +742,6 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		if err := sess.Dump(ctx, req); err != nil {
 			return rollback(err)
 		}
-		held.startCutOff(ctx)
 		if relayDone != nil {
 			select {
 			case err := <-relayDone:
@@ -820,9 +826,6 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 			}()
 			return res, fmt.Errorf("migrate %s to %s: post-copy interrupted (%w); the pod stays frozen here until %s says whether its copy got all the memory", s.Name, peer, cause, peer)
 		}
-		if err := held.cutOff(ctx); err != nil {
-			return rollback(err)
-		}
 		if err := conn.Send("commit", commitMsg{Frames: heldFor(held)}); err != nil {
 			return unknown(err)
 		}
@@ -859,9 +862,6 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	// 7. Commit: decide durably, destroy the source copy, let the peer
 	// expose its copy. From here on the pod lives on the peer.
 	report(PhaseCommit)
-	if err := held.cutOff(ctx); err != nil {
-		return rollback(err)
-	}
 	m.mu.Lock()
 	p.st.Migration.Phase = "commit"
 	p.stopping = true
