@@ -56,12 +56,24 @@ func scanTree(roots []string, oneMount map[string]bool) (fileTree, error) {
 				return t, fmt.Errorf("scan %s: %w", root, err)
 			}
 		}
+		// The pod runs during the first scan: what it removes between
+		// the directory read and the look at an entry is left out (the
+		// scan after the freeze sees what is there then).
+		gone := func(path string, err error) bool {
+			return path != root && errors.Is(err, fs.ErrNotExist)
+		}
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
+				if gone(path, err) {
+					return nil
+				}
 				return err
 			}
 			if rootMnt != 0 {
 				if id, err := mountID(path); err != nil {
+					if gone(path, err) {
+						return nil
+					}
 					return err
 				} else if id != rootMnt {
 					e := mountpoint(path, d.IsDir())
@@ -75,6 +87,9 @@ func scanTree(roots []string, oneMount map[string]bool) (fileTree, error) {
 			}
 			fi, err := os.Lstat(path)
 			if err != nil {
+				if gone(path, err) {
+					return nil
+				}
 				return err
 			}
 			st := fi.Sys().(*syscall.Stat_t)
@@ -97,6 +112,9 @@ func scanTree(roots []string, oneMount map[string]bool) (fileTree, error) {
 			case fi.Mode()&os.ModeSymlink != 0:
 				e.Kind = "symlink"
 				if e.Target, err = os.Readlink(path); err != nil {
+					if gone(path, err) {
+						return nil
+					}
 					return err
 				}
 			default:
