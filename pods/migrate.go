@@ -551,7 +551,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		if lazyRunning {
 			m.abandonLazyDump(pagePort, dumpDone)
 		}
+		var frames [][]byte // what reached the pod while it was cut off
 		if held != nil {
+			frames = heldFor(held)
 			held.release()
 		}
 		if hasNet {
@@ -561,6 +563,10 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		}
 		if frozen {
 			_ = releaseNetworkLock(context.Background(), pid)
+			// The pod's sockets are as they were before the dump: what the
+			// hold kept reaches them now, rather than when each client's
+			// retransmission timer, backed off meanwhile, fires again.
+			m.deliverHeld(s, pid, frames, nil)
 			if err := m.cg.freeze(s.Name, false); err != nil {
 				cause = errors.Join(cause, err)
 			}

@@ -136,7 +136,8 @@ func main() {
 // makes that step of a checkpoint, migration or update cycle fail,
 // "crash:STEP" makes the agent exit abruptly there, as if killed, and
 // "slow:STEP" makes the step take 5 s longer (to watch what the agent
-// holds meanwhile). Unset in normal operation.
+// holds meanwhile), "late:STEP" makes it fail after 2 s (a failure that
+// keeps a migrating pod frozen for a while). Unset in normal operation.
 func faultFromEnv(log *slog.Logger) func(string) error {
 	spec := os.Getenv("AUTOPOD_FAULT_INJECT")
 	if spec == "" {
@@ -146,6 +147,7 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 	log.Warn("fault injection enabled (testing only)", "fault", spec)
 	step, crash := strings.CutPrefix(spec, "crash:")
 	step, slow := strings.CutPrefix(step, "slow:")
+	step, late := strings.CutPrefix(step, "late:")
 	return func(s string) error {
 		if s != step {
 			return nil
@@ -158,6 +160,9 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 			log.Warn("injected delay", "step", s)
 			time.Sleep(5 * time.Second)
 			return nil
+		case late:
+			log.Warn("injected late failure", "step", s)
+			time.Sleep(2 * time.Second)
 		}
 		return fmt.Errorf("injected failure at %s", s)
 	}

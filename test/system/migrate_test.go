@@ -484,6 +484,9 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 		{name: "peer crashes receiving images", envB: []string{"AUTOPOD_FAULT_INJECT=crash:recv-images"}, want: ""},
 		{name: "source fails after the dump", envA: []string{"AUTOPOD_FAULT_INJECT=after-dump"}, want: "after-dump"},
 		{name: "peer fails before confirming", envB: []string{"AUTOPOD_FAULT_INJECT=before-restored"}, want: "before-restored"},
+		// Frozen 2 s: the client's retransmissions back off to 1.6 s
+		// apart meanwhile, the held request is answered at the rollback.
+		{name: "peer fails late", envB: []string{"AUTOPOD_FAULT_INJECT=late:before-restored"}, want: "before-restored"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -492,7 +495,9 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 			if c.stopB {
 				b.StopAgent()
 			}
+			start := time.Now()
 			out, err := a.Ctl("migrate", "kv", "--to", "hostb")
+			took := time.Since(start)
 			if err == nil {
 				t.Fatalf("migration succeeded despite the fault:\n%s", out)
 			}
@@ -500,6 +505,14 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 				t.Errorf("error does not name the cause %q:\n%s", c.want, out)
 			}
 			t.Logf("migrate said:\n%s", out)
+			// What reached the pod while it was frozen is delivered when
+			// it resumes: the client's pause ends with the attempt, not at
+			// its next retransmission, which has backed off meanwhile.
+			pause := l.pause()
+			t.Logf("the attempt took %s; the client's longest pause %s", took.Round(time.Millisecond), pause.Round(time.Millisecond))
+			if pause > took+300*time.Millisecond {
+				t.Errorf("the client waited %s for an attempt of %s", pause.Round(time.Millisecond), took.Round(time.Millisecond))
+			}
 			onlyOnA(t, a, b, l)
 			acked := l.finish(t)
 			if v, _ := l.writerCon.Cmd("GET", "counter"); v != strconv.FormatInt(acked, 10) {
