@@ -264,16 +264,20 @@ func deliverFrames(dev string, frames [][]byte) (int, error) {
 		if len(f) < 14 {
 			continue
 		}
-		for _, seg := range segmentTCP(f, ifi.MTU) {
+		segs := segmentTCP(f, ifi.MTU)
+		ok := len(segs) > 0
+		for _, seg := range segs {
 			fixChecksums(seg)
 			to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
 			copy(to.Addr[:], seg[:6])
 			if err := unix.Sendto(fd, seg, 0, to); err != nil {
 				errs = append(errs, err)
-				continue
+				ok = false
 			}
 		}
-		sent++
+		if ok {
+			sent++
+		}
 	}
 	return sent, errors.Join(errs...)
 }
@@ -493,10 +497,7 @@ func (m *Manager) holdIncoming(ctx context.Context, s Spec) error {
 // frames the pod sent while held; held says whether this agent held it
 // (its host veth is then up and forwarding).
 func (m *Manager) unholdIncoming(ctx context.Context, name string) (sent [][]byte, held bool) {
-	m.mu.Lock()
-	h := m.inHolds[name]
-	delete(m.inHolds, name)
-	m.mu.Unlock()
+	h := m.takeIncomingHold(name)
 	veth := hostVeth(name)
 	if h != nil {
 		// The pod passes traffic again once its filters are gone; closing
@@ -517,16 +518,22 @@ func (m *Manager) unholdIncoming(ctx context.Context, name string) (sent [][]byt
 // dropHolds removes the capture pair of the pod called name, and forgets
 // an incoming hold on it, once its veth is gone.
 func (m *Manager) dropHolds(name string) {
-	m.mu.Lock()
-	h := m.inHolds[name]
-	delete(m.inHolds, name)
-	m.mu.Unlock()
-	if h != nil {
+	if h := m.takeIncomingHold(name); h != nil {
 		h.release()
 	}
 	if capA, _ := capturePair(hostVeth(name)); linkExists(capA) {
 		_, _ = run(context.Background(), "ip", "link", "del", capA)
 	}
+}
+
+// takeIncomingHold forgets the incoming hold on the pod called name and
+// returns it (nil if there is none).
+func (m *Manager) takeIncomingHold(name string) *trafficHold {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h := m.inHolds[name]
+	delete(m.inHolds, name)
+	return h
 }
 
 // linkExists says whether this network namespace has a link called name
