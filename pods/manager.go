@@ -1110,7 +1110,12 @@ func (m *Manager) restore(ctx context.Context, s Spec, man Manifest, dir string)
 		return 0, err
 	}
 	if s.Network.Address.IsValid() {
-		// CRIU enslaves the host end; make sure it is up.
+		// CRIU enslaves the host end; make sure it is up, with the qdisc
+		// a migration's traffic hold needs (addClsact: here, where the
+		// link may be up already, it can cost a frame, not in a freeze).
+		if err := addClsact(ctx, req.Veth); err != nil {
+			m.cfg.Log.Warn("add clsact qdisc", "pod", s.Name, "err", err)
+		}
 		if _, err := run(ctx, "ip", "link", "set", req.Veth, "up"); err != nil {
 			m.cfg.Log.Warn("bring veth up", "pod", s.Name, "err", err)
 		}

@@ -1546,6 +1546,10 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 			if err := setPortForwarding(ctx, hostVeth(s.Name), false); err != nil {
 				return err
 			}
+			// Under CRIU's network lock still (addClsact).
+			if err := addClsact(ctx, hostVeth(s.Name)); err != nil {
+				return err
+			}
 			if err := seedNeighbours(ctx, "/proc/"+strconv.Itoa(pid)+"/ns/net", s, neighbours); err != nil {
 				m.cfg.Log.Warn("seed the restored pod's neighbours", "pod", s.Name, "err", err)
 			}

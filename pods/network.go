@@ -158,12 +158,20 @@ func buildNetns(ctx context.Context, s Spec, nsPath string, isolated bool) error
 		// iproute2 takes a path (anything with a '/') for a namespace.
 		{"ip", "link", "set", peer, "netns", nsPath},
 		{"ip", "link", "set", host, "master", s.Network.Bridge},
+		// While the link is down, the qdisc a migration's traffic hold
+		// needs (addClsact). A kernel without clsact still runs the pod,
+		// and a migration then says that it cannot hold its traffic.
+		{"-", "tc", "qdisc", "replace", "dev", host, "clsact"},
 	}
 	if !isolated {
 		steps = append(steps, []string{"ip", "link", "set", host, "up"})
 	}
 	for _, st := range steps {
-		if _, err := run(ctx, st[0], st[1:]...); err != nil {
+		optional := st[0] == "-"
+		if optional {
+			st = st[1:]
+		}
+		if _, err := run(ctx, st[0], st[1:]...); err != nil && !optional {
 			_, _ = run(ctx, "ip", "link", "del", host)
 			return err
 		}
