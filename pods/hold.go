@@ -104,7 +104,8 @@ func prepareHold(ctx context.Context, veth string, keepSent bool) (*trafficHold,
 			return nil, err
 		}
 	}
-	// A no-op on a link that has its clsact qdisc (buildNetns adds it).
+	// A no-op on a link that has its clsact qdisc (buildNetns adds it);
+	// the veth of a pod that an older agent started gets it here.
 	if err := addClsact(ctx, veth); err != nil {
 		return nil, fmt.Errorf("hold traffic: %w", err)
 	}

@@ -1546,9 +1546,10 @@ func (m *Manager) restoreIsolated(ctx context.Context, s Spec, initHash, dir str
 			if err := setPortForwarding(ctx, hostVeth(s.Name), false); err != nil {
 				return err
 			}
-			// Under CRIU's network lock still (addClsact).
+			// Under CRIU's network lock still (addClsact); without it, a
+			// later migration says that it cannot hold the pod's traffic.
 			if err := addClsact(ctx, hostVeth(s.Name)); err != nil {
-				return err
+				m.cfg.Log.Warn("add clsact qdisc", "pod", s.Name, "err", err)
 			}
 			if err := seedNeighbours(ctx, "/proc/"+strconv.Itoa(pid)+"/ns/net", s, neighbours); err != nil {
 				m.cfg.Log.Warn("seed the restored pod's neighbours", "pod", s.Name, "err", err)
