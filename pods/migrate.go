@@ -547,6 +547,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	var tmpfs *tmpfsSource // nil: CRIU saves the pod's tmpfs mounts
 	rollback := func(cause error) (MigrationResult, error) {
 		report(PhaseRollback)
+		cause = peerReason(conn, cause)
 		conn.SendError(cause)
 		if lazyRunning {
 			m.abandonLazyDump(pagePort, dumpDone)
@@ -787,7 +788,12 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 		return rollback(err)
 	}
 	for _, f := range files {
-		if err := m.faultAt("image:" + f.Name); err != nil {
+		if err := m.faultAt("image:" + f.Name); errors.Is(err, ErrFaultCorrupt) {
+			// The image changes between its checksum and its sending.
+			if err := flipByte(filepath.Join(imgDir, f.Name)); err != nil {
+				return rollback(err)
+			}
+		} else if err != nil {
 			return rollback(err)
 		}
 		if err := sendFile(conn, filepath.Join(imgDir, f.Name)); err != nil {
@@ -942,6 +948,56 @@ func (m *Manager) finishOut(p *pod, txn, peer string) {
 	}
 	p.st.Location = peer
 	m.setState(p, StateMigrated, "")
+}
+
+// peerReason returns, for a cause that is the connection breaking while
+// this side sent, the error the peer reported before it closed, if one is
+// waiting to be read: a peer that refuses what it receives (an image that
+// does not match its checksum, a full disk) says why and closes, and this
+// side, still sending, sees only a reset. Otherwise cause.
+func peerReason(conn MigrationConn, cause error) error {
+	if errors.Is(cause, ErrRemote) || !(errors.Is(cause, unix.ECONNRESET) || errors.Is(cause, unix.EPIPE)) {
+		return cause
+	}
+	conn.SetDeadline(time.Now().Add(time.Second))
+	defer conn.SetDeadline(time.Time{})
+	for range 100 { // messages the peer sent before its error
+		_, _, err := conn.Recv()
+		if errors.Is(err, ErrRemote) {
+			return fmt.Errorf("%w (%w)", err, cause)
+		}
+		if err != nil {
+			return cause
+		}
+	}
+	return cause
+}
+
+// ErrFaultCorrupt, from a fault injected at a step ("corrupt:STEP"),
+// asks the step to damage what it handles instead of failing.
+var ErrFaultCorrupt = errors.New("injected corruption")
+
+// flipByte inverts the middle byte of the file at path.
+func flipByte(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() == 0 {
+		return fmt.Errorf("flip a byte of %s: empty", path)
+	}
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, st.Size()/2); err != nil {
+		return err
+	}
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, st.Size()/2)
+	return err
 }
 
 func (m *Manager) faultAt(step string) error {
@@ -1211,7 +1267,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 		if f.Name != filepath.Base(f.Name) || strings.HasPrefix(f.Name, ".") {
 			return fail(fmt.Errorf("bad image name %q", f.Name))
 		}
-		if err := recvToFile(conn, filepath.Join(imgDir, f.Name), 0o600); err != nil {
+		if err := recvImage(conn, imgDir, f); err != nil {
 			return fail(err)
 		}
 		received += f.Size
@@ -1490,6 +1546,29 @@ func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
 		err = cerr
 	}
 	return err
+}
+
+// recvImage receives the image file f into dir and checks it against the
+// length and SHA-256 the source took of it after the dump: the stream's own
+// checksum covers the way from the source's read to here, this the image
+// from the dump on.
+func recvImage(conn MigrationConn, dir string, f ImageFile) error {
+	out, err := os.OpenFile(filepath.Join(dir, f.Name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	n, sum, err := conn.RecvStream(out)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if n != f.Size || sum != "sha256:"+f.SHA256 {
+		return fmt.Errorf("%w: image %s: received %d bytes %s, the source dumped %d bytes sha256:%s",
+			ErrImageCorrupt, f.Name, n, sum, f.Size, f.SHA256)
+	}
+	return nil
 }
 
 // restoreIsolated restores a migrated pod cut off from its bridge.

@@ -137,7 +137,9 @@ func main() {
 // "crash:STEP" makes the agent exit abruptly there, as if killed, and
 // "slow:STEP" makes the step take 5 s longer (to watch what the agent
 // holds meanwhile), "late:STEP" makes it fail after 2 s (a failure that
-// keeps a migrating pod frozen for a while). Unset in normal operation.
+// keeps a migrating pod frozen for a while), "corrupt:STEP" makes a step
+// that handles data damage it (pods.ErrFaultCorrupt; the steps
+// "image:NAME" of a migration's source). Unset in normal operation.
 func faultFromEnv(log *slog.Logger) func(string) error {
 	spec := os.Getenv("AUTOPOD_FAULT_INJECT")
 	if spec == "" {
@@ -148,6 +150,7 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 	step, crash := strings.CutPrefix(spec, "crash:")
 	step, slow := strings.CutPrefix(step, "slow:")
 	step, late := strings.CutPrefix(step, "late:")
+	step, corrupt := strings.CutPrefix(step, "corrupt:")
 	return func(s string) error {
 		if s != step {
 			return nil
@@ -163,6 +166,9 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 		case late:
 			log.Warn("injected late failure", "step", s)
 			time.Sleep(2 * time.Second)
+		case corrupt:
+			log.Warn("injected corruption", "step", s)
+			return fmt.Errorf("%w at %s", pods.ErrFaultCorrupt, s)
 		}
 		return fmt.Errorf("injected failure at %s", s)
 	}

@@ -442,8 +442,39 @@ func checkWrites(t *testing.T, l *load, sums map[string][32]byte) int64 {
 // setupKV starts agents on a two-host bed (the environment given to A's
 // agent, e.g. a fault to inject), pairs them and waits for redis on A.
 func setupKV(t *testing.T, envA, envB []string) (*testbed.Bed, *testbed.Host, *testbed.Host, string) {
+	return setupKVWith(t, envA, envB, nil)
+}
+
+// cpuMismatchOnB gives host B a CRIU whose `cpuinfo check` fails as it
+// does where the CPU lacks features the images' CPU had.
+func cpuMismatchOnB(t *testing.T, _, b *testbed.Host) {
+	wrapper := filepath.Join(t.TempDir(), "criu")
+	os.WriteFile(wrapper, []byte(fmt.Sprintf(`#!/bin/sh
+if [ "$1" = cpuinfo ] && [ "$2" = check ]; then
+	echo "(00.001000) Error (criu/cpu.c:383): cpu: CPU instruction capabilities do not match run time (made up by the test)" >&2
+	exit 1
+fi
+exec %q "$@"
+`, testbed.CriuPath(t))), 0o755)
+	data, err := os.ReadFile(b.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.Replace(string(data), fmt.Sprintf("criu_path = %q", testbed.CriuPath(t)), fmt.Sprintf("criu_path = %q", wrapper), 1)
+	if conf == string(data) {
+		t.Fatal("no criu_path line in B's configuration")
+	}
+	os.WriteFile(b.Config, []byte(conf), 0o644)
+}
+
+// setupKVWith is setupKV with a chance to change the hosts before their
+// agents start.
+func setupKVWith(t *testing.T, envA, envB []string, hosts func(a, b *testbed.Host)) (*testbed.Bed, *testbed.Host, *testbed.Host, string) {
 	bed := testbed.New(t, 2)
 	a, b := bed.Hosts[0], bed.Hosts[1]
+	if hosts != nil {
+		hosts(a, b)
+	}
 	addr := kvPod(t, bed, a, "kv", 100)
 	a.StartAgent(t, envA...)
 	b.StartAgent(t, envB...)
@@ -477,6 +508,8 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 		name       string
 		envA, envB []string
 		stopB      bool
+		hosts      func(t *testing.T, a, b *testbed.Host) // before the agents start
+		refused    bool                                   // before the freeze
 		want       string
 	}{
 		{name: "peer unreachable", stopB: true, want: "hostb"},
@@ -487,10 +520,20 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 		// Frozen 2 s: the client's retransmissions back off to 1.6 s
 		// apart meanwhile, the held request is answered at the rollback.
 		{name: "peer fails late", envB: []string{"AUTOPOD_FAULT_INJECT=late:before-restored"}, want: "before-restored"},
+		// The images (~1.3 MB) do not fit in B's 600 KiB.
+		{name: "peer's disk full", hosts: func(_ *testing.T, _, b *testbed.Host) { b.ShmSize = "600k" }, want: "no space left on device"},
+		// An image changes on A after its checksum, before it is sent.
+		{name: "image checksum mismatch", envA: []string{"AUTOPOD_FAULT_INJECT=corrupt:image:inventory.img"}, want: "inventory.img: received"},
+		// B's CRIU finds that B's CPU lacks features of A's.
+		{name: "peer's CPU incompatible", hosts: cpuMismatchOnB, refused: true, want: "this CPU cannot run images from the peer's"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			bed, a, b, addr := setupKV(t, c.envA, c.envB)
+			bed, a, b, addr := setupKVWith(t, c.envA, c.envB, func(a, b *testbed.Host) {
+				if c.hosts != nil {
+					c.hosts(t, a, b)
+				}
+			})
 			l := startLoad(t, bed, addr)
 			if c.stopB {
 				b.StopAgent()
@@ -505,6 +548,9 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 				t.Errorf("error does not name the cause %q:\n%s", c.want, out)
 			}
 			t.Logf("migrate said:\n%s", out)
+			if c.refused && strings.Contains(out, "freeze") {
+				t.Errorf("the pod was frozen before the peer refused")
+			}
 			// What reached the pod while it was frozen is delivered when
 			// it resumes: the client's pause ends with the attempt, not at
 			// its next retransmission, which has backed off meanwhile.

@@ -62,6 +62,10 @@ type Host struct {
 	Config  string
 	PodsDir string
 	DataDir string // what this host sees at Bed.Shared
+	// ShmSize, when set before StartAgent, gives the agent a tmpfs of that
+	// size (mount's notation: "600k") at /dev/shm, where migrations pass:
+	// a host whose memory for them runs out.
+	ShmSize string
 	agent   *exec.Cmd
 	exited  chan struct{}
 }
@@ -301,6 +305,9 @@ func (h *Host) StartAgent(t testing.TB, env ...string) {
 	logf, _ := os.OpenFile(filepath.Join(h.Dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	script := fmt.Sprintf("mount --bind %q %q && exec %q --config %q --log-level debug",
 		h.DataDir, h.bed.Shared, filepath.Join(h.bed.Bin, "autopod"), h.Config)
+	if h.ShmSize != "" {
+		script = fmt.Sprintf("mount -t tmpfs -o size=%s autopod-tb-shm /dev/shm && %s", h.ShmSize, script)
+	}
 	// nsenter rather than `ip netns exec`: the latter remounts /sys, which
 	// hides the cgroup hierarchies mounted below it.
 	h.agent = exec.Command("nsenter", "--net=/run/netns/"+h.Netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", script)
