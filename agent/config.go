@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -50,6 +51,10 @@ type Config struct {
 	// picks post-copy where both hosts can run it, else pre-copy, else
 	// stop-and-copy. `autopodctl migrate --strategy` overrides it.
 	MigrationStrategy string `toml:"migration_strategy"`
+	// MigrationTimeout is how long a migrating pod stays frozen waiting
+	// for the peer to answer before the migration is given up and the
+	// pod resumes here (plus the time to move the bytes at 1 MiB/s).
+	MigrationTimeout time.Duration `toml:"migration_timeout"`
 	// Update is the [update] table: the update cycle's policy.
 	Update UpdateConfig `toml:"update"`
 }
@@ -97,6 +102,7 @@ func DefaultConfig() Config {
 		Watchdog:      true,
 
 		MigrationStrategy: "auto",
+		MigrationTimeout:  pods.DefaultMigrationTimeout,
 		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 }
@@ -223,6 +229,9 @@ func (c Config) Validate() error {
 	}
 	if !slices.Contains(pods.Strategies, c.MigrationStrategy) {
 		return bad("migration_strategy", "must be one of %s, got %q", strings.Join(pods.Strategies, ", "), c.MigrationStrategy)
+	}
+	if c.MigrationTimeout < time.Second {
+		return bad("migration_timeout", "must be at least 1s, got %s", c.MigrationTimeout)
 	}
 	if err := c.Update.Policy.Validate(); err != nil {
 		var pe *cycle.PolicyError

@@ -36,6 +36,7 @@ func TestConfigDefaults(t *testing.T) {
 		Watchdog:      true,
 
 		MigrationStrategy: "auto",
+		MigrationTimeout:  time.Minute,
 		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -135,6 +136,7 @@ cgroup_root = "autopod.slice"
 log_level = "debug"
 watchdog = false
 migration_strategy = "stop-and-copy"
+migration_timeout = "2m30s"
 `)
 	got, err := LoadConfig(p)
 	if err != nil {
@@ -153,6 +155,7 @@ migration_strategy = "stop-and-copy"
 		Watchdog:      false,
 
 		MigrationStrategy: "stop-and-copy",
+		MigrationTimeout:  150 * time.Second,
 		Update:            UpdateConfig{Policy: cycle.DefaultPolicy(), FleetLockGroup: "default"},
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -191,6 +194,8 @@ func TestConfigBad(t *testing.T) {
 		{"cgroup_root empty", "cgroup_root = \"\"\n", `:1: cgroup_root: must be a directory name (no '/'), got ""`},
 		{"log level", "log_level = \"verbose\"\n", `:1: log_level: must be debug, info, warn or error, got "verbose"`},
 		{"strategy", "migration_strategy = \"live\"\n", `:1: migration_strategy: must be one of auto, stop-and-copy, post-copy, pre-copy, got "live"`},
+		{"migration_timeout short", "migration_timeout = \"500ms\"\n", `:1: migration_timeout: must be at least 1s, got 500ms`},
+		{"migration_timeout syntax", "migration_timeout = \"soon\"\n", `:1: migration_timeout: invalid duration: "soon"`},
 		{"watchdog type", "watchdog = \"yes\"\n", `:1: watchdog: incompatible types: TOML value has type string; destination has type boolean`},
 		{"unknown key", "log_level = \"info\"\nlisten = \":80\"\n", `:2: listen: unknown key`},
 		{"unknown table", "watchdog = true\n\n[peer]\nport = 1\n", `:3: peer: unknown key`},

@@ -47,7 +47,18 @@ type ManagerConfig struct {
 	// MigrationStrategy is the strategy to migrate pods with: "auto" (the
 	// default) or one of Strategies.
 	MigrationStrategy string
+	// MigrationTimeout is how long a migrating pod stays frozen here
+	// waiting for its peer to answer — to apply the changed files, to take
+	// the images, to confirm its restore — before the migration is given
+	// up and the pod resumes here; the time to move the bytes at 1 MiB/s
+	// comes on top. Zero means DefaultMigrationTimeout.
+	MigrationTimeout time.Duration
 }
+
+// DefaultMigrationTimeout is ManagerConfig.MigrationTimeout's default:
+// far above the seconds a restore takes, far below what clients of a
+// frozen pod wait for.
+const DefaultMigrationTimeout = time.Minute
 
 func (c *ManagerConfig) fill() error {
 	if c.PodsDir == "" || c.StateDir == "" || c.LogDir == "" || c.CriuPath == "" {
@@ -71,6 +82,9 @@ func (c *ManagerConfig) fill() error {
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
+	}
+	if c.MigrationTimeout == 0 {
+		c.MigrationTimeout = DefaultMigrationTimeout
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -548,6 +548,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	rollback := func(cause error) (MigrationResult, error) {
 		report(PhaseRollback)
 		cause = peerReason(conn, cause)
+		if errors.Is(cause, os.ErrDeadlineExceeded) {
+			cause = fmt.Errorf("%s did not answer within migration_timeout (%s, plus 1 s per MiB to move): %w", peer, m.cfg.MigrationTimeout, cause)
+		}
 		conn.SendError(cause)
 		if lazyRunning {
 			m.abandonLazyDump(pagePort, dumpDone)
@@ -774,7 +777,15 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	if err != nil {
 		return rollback(err)
 	}
-	if err := sendPass(tree2.changedSince(tree1)); err != nil {
+	changed, deleted := tree2.changedSince(tree1)
+	var changedBytes int64
+	for _, e := range changed {
+		changedBytes += e.Size
+	}
+	// From here on, a peer that stops answering leaves the pod frozen:
+	// each wait for it has a deadline (MigrationTimeout).
+	m.peerDeadline(conn, changedBytes)
+	if err := sendPass(changed, deleted); err != nil {
 		return rollback(err)
 	}
 
@@ -784,6 +795,11 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	if err != nil {
 		return rollback(err)
 	}
+	var imageBytes int64
+	for _, f := range files {
+		imageBytes += f.Size
+	}
+	m.peerDeadline(conn, imageBytes)
 	if err := conn.Send("images", imagesMsg{Files: files, Pages: pagesSent}); err != nil {
 		return rollback(err)
 	}
@@ -806,7 +822,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// 6. The peer restores, isolated, and says so.
 	report(PhaseRestore)
-	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	m.peerDeadline(conn, 0)
 	var restored restoredMsg
 	if err := conn.Expect("restored", &restored); err != nil {
 		return rollback(err)
@@ -892,6 +908,7 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 	}
 	m.killFrozen(s.Name, pid, ch)
 	if !lazy {
+		m.peerDeadline(conn, 0)
 		if err := conn.Send("commit", commitMsg{Frames: heldFor(held)}); err == nil {
 			err = conn.Expect("committed", nil)
 			if err != nil {
@@ -948,6 +965,12 @@ func (m *Manager) finishOut(p *pod, txn, peer string) {
 	}
 	p.st.Location = peer
 	m.setState(p, StateMigrated, "")
+}
+
+// peerDeadline gives the next exchange with the peer, which moves about
+// bytes, MigrationTimeout plus the time to move them at 1 MiB/s.
+func (m *Manager) peerDeadline(conn MigrationConn, bytes int64) {
+	conn.SetDeadline(time.Now().Add(m.cfg.MigrationTimeout + time.Duration(bytes>>20)*time.Second))
 }
 
 // peerReason returns, for a cause that is the connection breaking while

@@ -136,7 +136,8 @@ func main() {
 // makes that step of a checkpoint, migration or update cycle fail,
 // "crash:STEP" makes the agent exit abruptly there, as if killed, and
 // "slow:STEP" makes the step take 5 s longer (to watch what the agent
-// holds meanwhile), "late:STEP" makes it fail after 2 s (a failure that
+// holds meanwhile), "stall:STEP" 10 s longer (a peer that stops
+// answering for longer than a test's migration_timeout), "late:STEP" makes it fail after 2 s (a failure that
 // keeps a migrating pod frozen for a while), "corrupt:STEP" makes a step
 // that handles data damage it (pods.ErrFaultCorrupt; the steps
 // "image:NAME" of a migration's source). Unset in normal operation.
@@ -149,6 +150,7 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 	log.Warn("fault injection enabled (testing only)", "fault", spec)
 	step, crash := strings.CutPrefix(spec, "crash:")
 	step, slow := strings.CutPrefix(step, "slow:")
+	step, stall := strings.CutPrefix(step, "stall:")
 	step, late := strings.CutPrefix(step, "late:")
 	step, corrupt := strings.CutPrefix(step, "corrupt:")
 	return func(s string) error {
@@ -162,6 +164,10 @@ func faultFromEnv(log *slog.Logger) func(string) error {
 		case slow:
 			log.Warn("injected delay", "step", s)
 			time.Sleep(5 * time.Second)
+			return nil
+		case stall:
+			log.Warn("injected stall", "step", s)
+			time.Sleep(10 * time.Second)
 			return nil
 		case late:
 			log.Warn("injected late failure", "step", s)
@@ -249,6 +255,7 @@ func run(o options) error {
 		PodsDir: cfg.PodsDir, StateDir: cfg.StateDir, LogDir: cfg.LogDir, CriuPath: cfg.CriuPath,
 		Bridge: cfg.Bridge, BridgeAddress: cfg.BridgeAddress, CgroupName: cfg.CgroupRoot, Log: log,
 		Fault: fault, Criu: &criu, MigrationStrategy: cfg.MigrationStrategy,
+		MigrationTimeout: cfg.MigrationTimeout,
 	})
 	if err != nil {
 		return err

@@ -510,6 +510,7 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 		stopB      bool
 		hosts      func(t *testing.T, a, b *testbed.Host) // before the agents start
 		refused    bool                                   // before the freeze
+		bLingers   bool                                   // B drops its isolated copy only when its stall ends
 		want       string
 	}{
 		{name: "peer unreachable", stopB: true, want: "hostb"},
@@ -524,6 +525,9 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 		{name: "peer's disk full", hosts: func(_ *testing.T, _, b *testbed.Host) { b.ShmSize = "600k" }, want: "no space left on device"},
 		// An image changes on A after its checksum, before it is sent.
 		{name: "image checksum mismatch", envA: []string{"AUTOPOD_FAULT_INJECT=corrupt:image:inventory.img"}, want: "inventory.img: received"},
+		// B stops answering after its restore for longer than A waits.
+		{name: "peer stops answering", envB: []string{"AUTOPOD_FAULT_INJECT=stall:before-restored"},
+			hosts: func(t *testing.T, a, _ *testbed.Host) { a.Configure(t, `migration_timeout = "3s"`) }, want: "hostb did not answer within migration_timeout (3s", bLingers: true},
 		// B's CRIU finds that B's CPU lacks features of A's.
 		{name: "peer's CPU incompatible", hosts: cpuMismatchOnB, refused: true, want: "this CPU cannot run images from the peer's"},
 	}
@@ -558,6 +562,17 @@ func TestMigrateFailuresLeavePodOnSource(t *testing.T) {
 			t.Logf("the attempt took %s; the client's longest pause %s", took.Round(time.Millisecond), pause.Round(time.Millisecond))
 			if pause > took+300*time.Millisecond {
 				t.Errorf("the client waited %s for an attempt of %s", pause.Round(time.Millisecond), took.Round(time.Millisecond))
+			}
+			if c.bLingers {
+				// Isolated meanwhile: never exposed without A's decision.
+				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+					if _, listed := podOn(t, b, "kv"); !listed && len(b.CgroupProcs("kv")) == 0 {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("B still has a copy 30 s after A gave up")
+					}
+				}
 			}
 			onlyOnA(t, a, b, l)
 			acked := l.finish(t)
