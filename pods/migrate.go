@@ -791,13 +791,9 @@ func (m *Manager) migrateOut(ctx context.Context, p *pod, conn MigrationConn, wa
 
 	// 5. The images, each streamed with its checksum.
 	report(PhaseImages)
-	files, _, err := scanImages(imgDir)
+	files, imageBytes, err := scanImages(imgDir)
 	if err != nil {
 		return rollback(err)
-	}
-	var imageBytes int64
-	for _, f := range files {
-		imageBytes += f.Size
 	}
 	m.peerDeadline(conn, imageBytes)
 	if err := conn.Send("images", imagesMsg{Files: files, Pages: pagesSent}); err != nil {
@@ -1079,7 +1075,7 @@ func (m *Manager) migrateIn(ctx context.Context, conn MigrationConn, offer migra
 	defer os.RemoveAll(work)
 	cpuDir := filepath.Join(work, "cpuinfo")
 	os.Mkdir(cpuDir, 0o700)
-	if err := recvToFile(conn, filepath.Join(cpuDir, "cpuinfo.img"), 0o600); err != nil {
+	if _, _, err := recvToFile(conn, filepath.Join(cpuDir, "cpuinfo.img"), 0o600); err != nil {
 		return err
 	}
 	if criuVersionNumber(m.criuVersion) < criuVersionNumber(offer.CriuVersion) {
@@ -1539,7 +1535,7 @@ func (m *Manager) applyDecision(p *pod, decision string) {
 
 func (m *Manager) recvInit(conn MigrationConn, hash string) error {
 	tmp := m.initPath(hash) + ".recv"
-	if err := recvToFile(conn, tmp, 0o755); err != nil {
+	if _, _, err := recvToFile(conn, tmp, 0o755); err != nil {
 		return err
 	}
 	f, err := os.Open(tmp)
@@ -1559,16 +1555,18 @@ func (m *Manager) recvInit(conn MigrationConn, hash string) error {
 	return os.Rename(tmp, m.initPath(hash))
 }
 
-func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
+// recvToFile receives a stream into the file at path and returns its
+// length and checksum (RecvStream's).
+func recvToFile(conn MigrationConn, path string, perm os.FileMode) (int64, string, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
 	if err != nil {
-		return err
+		return 0, "", err
 	}
-	_, _, err = conn.RecvStream(f)
+	n, sum, err := conn.RecvStream(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	return n, sum, err
 }
 
 // recvImage receives the image file f into dir and checks it against the
@@ -1576,14 +1574,7 @@ func recvToFile(conn MigrationConn, path string, perm os.FileMode) error {
 // checksum covers the way from the source's read to here, this the image
 // from the dump on.
 func recvImage(conn MigrationConn, dir string, f ImageFile) error {
-	out, err := os.OpenFile(filepath.Join(dir, f.Name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	n, sum, err := conn.RecvStream(out)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
+	n, sum, err := recvToFile(conn, filepath.Join(dir, f.Name), 0o600)
 	if err != nil {
 		return err
 	}

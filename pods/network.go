@@ -158,20 +158,20 @@ func buildNetns(ctx context.Context, s Spec, nsPath string, isolated bool) error
 		// iproute2 takes a path (anything with a '/') for a namespace.
 		{"ip", "link", "set", peer, "netns", nsPath},
 		{"ip", "link", "set", host, "master", s.Network.Bridge},
-		// While the link is down, the qdisc a migration's traffic hold
-		// needs (addClsact). A kernel without clsact still runs the pod,
-		// and a migration then says that it cannot hold its traffic.
-		{"-", "tc", "qdisc", "replace", "dev", host, "clsact"},
+		nil, // the qdisc, below
 	}
 	if !isolated {
 		steps = append(steps, []string{"ip", "link", "set", host, "up"})
 	}
 	for _, st := range steps {
-		optional := st[0] == "-"
-		if optional {
-			st = st[1:]
+		if st == nil {
+			// While the link is down, the qdisc a migration's traffic
+			// hold needs (addClsact). A kernel without clsact still runs
+			// the pod, and a migration then says it cannot hold its traffic.
+			_ = addClsact(ctx, host)
+			continue
 		}
-		if _, err := run(ctx, st[0], st[1:]...); err != nil && !optional {
+		if _, err := run(ctx, st[0], st[1:]...); err != nil {
 			_, _ = run(ctx, "ip", "link", "del", host)
 			return err
 		}

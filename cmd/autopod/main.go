@@ -136,11 +136,12 @@ func main() {
 // makes that step of a checkpoint, migration or update cycle fail,
 // "crash:STEP" makes the agent exit abruptly there, as if killed, and
 // "slow:STEP" makes the step take 5 s longer (to watch what the agent
-// holds meanwhile), "stall:STEP" 10 s longer (a peer that stops
-// answering for longer than a test's migration_timeout), "late:STEP" makes it fail after 2 s (a failure that
-// keeps a migrating pod frozen for a while), "corrupt:STEP" makes a step
-// that handles data damage it (pods.ErrFaultCorrupt; the steps
-// "image:NAME" of a migration's source). Unset in normal operation.
+// holds meanwhile), "stall:STEP" 10 s longer (a peer that stops answering
+// for longer than a test's migration_timeout), "late:STEP" makes it fail
+// after 2 s (a failure that keeps a migrating pod frozen for a while), and
+// "corrupt:STEP" makes a step that handles data damage it instead
+// (pods.ErrFaultCorrupt; the steps "image:NAME" of a migration's source).
+// Unset in normal operation.
 func faultFromEnv(log *slog.Logger) func(string) error {
 	spec := os.Getenv("AUTOPOD_FAULT_INJECT")
 	if spec == "" {
